@@ -1,0 +1,95 @@
+"""The storage Protocol every database implementation fulfils (and the contract tests check)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from domain import ManuscriptId, SessionId
+from storage.records import Checkpoint, ImageRecord, LogEntry, PersistBatch
+
+
+class SessionStore(Protocol):
+    """Async database of sessions, checkpoints, logs, images and manuscripts.
+
+    Every write is idempotent: writing the same checkpoint, log entry or image record
+    twice leaves one copy and raises nothing, so callers may retry freely.
+    """
+
+    async def ensure_indexes(self) -> None:
+        """Create the collections' indexes (idempotent; called at start-up)."""
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailableError unless the database answers."""
+
+    async def close(self) -> None:
+        """Release the client."""
+
+    # sessions
+    async def create_session(self, document: dict[str, Any]) -> None:
+        """Insert a ProcessingSession document (``_id`` = session id); a retry is a no-op."""
+
+    async def update_session(self, session_id: SessionId, fields: dict[str, Any]) -> None:
+        """``$set`` fields of a session document."""
+
+    async def get_session(self, session_id: SessionId) -> dict[str, Any] | None:
+        """The session document, or None."""
+
+    async def list_sessions(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        manuscript_id: ManuscriptId | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Session documents, newest first, optionally filtered."""
+
+    async def get_resumable_sessions(self) -> list[dict[str, Any]]:
+        """Sessions with ``can_resume`` true, newest first."""
+
+    async def get_session_for_resume(
+        self, session_id: SessionId
+    ) -> tuple[dict[str, Any], list[Checkpoint]] | None:
+        """The session document plus all its checkpoints in sequence order (latest last)."""
+
+    async def delete_session(self, session_id: SessionId) -> None:
+        """Delete a session with its checkpoints, logs and image records."""
+
+    # checkpoints, logs, images
+    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> None:
+        """One group commit: checkpoints, session updates, logs and images, idempotently."""
+
+    async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:
+        """Store checkpoints and embed their compact forms (at most ``embedded_keep`` kept)."""
+
+    async def list_checkpoints(self, session_id: SessionId, after: int = 0) -> list[Checkpoint]:
+        """Checkpoints with sequence number greater than ``after``, in order."""
+
+    async def add_images(self, images: list[ImageRecord]) -> None:
+        """Store image records."""
+
+    async def list_images(self, session_id: SessionId) -> list[ImageRecord]:
+        """Image records in generation order."""
+
+    async def log_events(self, entries: list[LogEntry]) -> None:
+        """Store log/event entries."""
+
+    async def list_logs(
+        self, session_id: SessionId, after_event_seq: int = 0, limit: int = 100
+    ) -> list[LogEntry]:
+        """Entries with event_seq greater than ``after_event_seq``, in order."""
+
+    async def prune_logs(self, session_id: SessionId, keep: int) -> None:
+        """Delete all but the newest ``keep`` entries of a session."""
+
+    # manuscripts
+    async def create_manuscript(self, document: dict[str, Any]) -> None:
+        """Insert a manuscript document (``_id`` = manuscript id) with its chapters."""
+
+    async def get_manuscript(self, manuscript_id: ManuscriptId) -> dict[str, Any] | None:
+        """The manuscript with chapters, or None."""
+
+    async def list_manuscripts(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Manuscripts without chapter contents, newest first."""
+
+    async def delete_manuscript(self, manuscript_id: ManuscriptId) -> bool:
+        """Delete; True if it existed."""
