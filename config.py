@@ -94,6 +94,8 @@ class ProvidersConfig:
     timeout_seconds: float = 60.0
     retries: int = 2
     simulated_latency_ms: int = 0
+    simulated_latency_max_ms: int = 0
+    call_log: str = ""
     image_size: int = 256
 
 
@@ -138,6 +140,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("providers", "timeout_seconds"): 0.001,
     ("providers", "retries"): 0,
     ("providers", "simulated_latency_ms"): 0,
+    ("providers", "simulated_latency_max_ms"): 0,
     ("providers", "image_size"): 16,
 }
 _MAXIMUMS: dict[tuple[str, str], float] = {
