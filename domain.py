@@ -87,7 +87,7 @@ def validate_uuid(value: object, what: str = "id") -> str:
     except ValueError as exc:
         raise InvalidIdError(f"{what} must be a UUID", details={"field": what}) from exc
     canonical = str(parsed)
-    if canonical != value.lower():
+    if canonical != value:  # one spelling per id: lower-case, hyphenated, no braces
         raise InvalidIdError(f"{what} must be a UUID", details={"field": what})
     return canonical
 

@@ -1,0 +1,367 @@
+"""The Engine: the actors, stores and providers wired together, behind async methods.
+
+The web app and the CLI hold one Engine. Its methods run on the asyncio loop and
+talk to actors only by message, receiving answers through :class:`Reply` (never a
+pykka future on the loop). Loading what a resume needs (session record, checkpoints,
+manuscript) is async I/O done here, before the supervisor gets a ready state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from actors.events import EventHub
+from actors.messages import (
+    CheckpointReached,
+    ControlSession,
+    FlushPersistence,
+    GetPersistenceStats,
+    StartSession,
+    StopAllSessions,
+)
+from actors.persistence import PersistenceActor
+from actors.reply import Reply
+from actors.session import SessionSettings
+from actors.state import Phase, SessionState
+from actors.supervisor import SessionSupervisor, SupervisorSettings
+from config import Config
+from domain import (
+    CheckpointType,
+    ManuscriptId,
+    SessionId,
+    SessionStatus,
+    manuscript_id as valid_manuscript_id,
+    new_id,
+    session_id as valid_session_id,
+)
+from errors import ConflictError, DatabaseUnavailableError, NotFoundError, ValidationError
+from pipeline.manuscripts import Manuscript
+from pipeline.providers import Providers, build_providers
+from storage.base import SessionStore
+from storage.database import resolve_store
+from storage.files import FileStore
+from storage.records import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+LIVE_STATUSES = ("pending", "queued", "running")
+
+
+class Engine:
+    """Everything a server or CLI needs to run sessions."""
+
+    def __init__(
+        self,
+        config: Config,
+        store_factory: Callable[[], SessionStore] | None,
+        *,
+        providers: Providers | None = None,
+        persistence_class: type[PersistenceActor] = PersistenceActor,
+    ) -> None:
+        self.config = config
+        self.persistence_class = persistence_class
+        self.output_dir = config.output_dir
+        self.files = FileStore(self.output_dir, fsync=config.persistence.fsync)
+        self.store_factory = store_factory
+        self.store: SessionStore | None = None
+        self.providers = providers or build_providers(config.providers)
+        self.hub = EventHub()
+        self.persistence: pykka.ActorRef[Any] | None = None
+        self.supervisor: pykka.ActorRef[Any] | None = None
+        self.database_ok = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the stores and start the actors (database trouble only degrades)."""
+        self.hub = EventHub(asyncio.get_running_loop())
+        await asyncio.to_thread(self._prepare_files)
+        if self.store_factory is not None:
+            self.store = await resolve_store(self.store_factory())
+            try:
+                await self.store.ensure_indexes()
+                self.database_ok = True
+            except DatabaseUnavailableError as exc:
+                logger.warning("database unavailable at start-up (%s); running on files", exc)
+        processing = self.config.processing
+        self.persistence = self.persistence_class.start(self.files, self.store_factory, self.config.persistence)
+        self.supervisor = SessionSupervisor.start(
+            self.providers,
+            self.persistence,
+            self.hub,
+            SupervisorSettings(
+                max_concurrent_sessions=processing.max_concurrent_sessions,
+                session=SessionSettings(
+                    output_dir=self.output_dir,
+                    step_attempts=processing.step_attempts,
+                    retry_backoff_ms=processing.retry_backoff_ms,
+                    max_logs=processing.max_logs_per_session,
+                ),
+            ),
+        )
+
+    def _prepare_files(self) -> None:
+        self.files.ensure_layout()
+        (self.output_dir / "manuscripts").mkdir(parents=True, exist_ok=True)
+        removed = self.files.remove_stale_temp_files()
+        if removed:
+            logger.info("removed %d temp files left by a crash", removed)
+
+    async def stop(self, pause_timeout: float = 30.0) -> None:
+        """Pause running sessions at their next boundary, flush, and stop the actors."""
+        if self.supervisor is not None:
+            reply = Reply.for_loop()
+            self.supervisor.tell(StopAllSessions(reply=reply, timeout=pause_timeout))
+            try:
+                await reply.wait(pause_timeout + 5)
+            except TimeoutError:
+                logger.warning("sessions did not pause within %.0fs", pause_timeout)
+        await self.flush()
+        for ref in (self.supervisor, self.persistence):
+            if ref is not None:
+                await asyncio.to_thread(_stop_actor, ref)
+        self.supervisor = self.persistence = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    async def flush(self, timeout: float = 30.0) -> int:
+        """Write everything pending; returns the database backlog left."""
+        if self.persistence is None:
+            return 0
+        reply = Reply.for_loop()
+        self.persistence.tell(FlushPersistence(reply))
+        return int(await reply.wait(timeout))
+
+    async def persistence_stats(self) -> dict[str, Any]:
+        """Counters of the PersistenceActor."""
+        assert self.persistence is not None
+        reply = Reply.for_loop()
+        self.persistence.tell(GetPersistenceStats(reply))
+        result: dict[str, Any] = await reply.wait(10)
+        return result
+
+    # -- manuscripts ---------------------------------------------------------------------
+
+    async def save_manuscript(self, manuscript: Manuscript, manuscript_id: str | None = None) -> str:
+        """Store a manuscript (database and file); returns its id."""
+        mid = valid_manuscript_id(manuscript_id) if manuscript_id else ManuscriptId(new_id())
+        document = {"_id": mid, "manuscript_id": mid, **manuscript.to_dict()}
+        await asyncio.to_thread(self.files.write_json, self._manuscript_path(mid), document)
+        if self.store is not None:
+            try:
+                if await self.store.get_manuscript(mid) is None:
+                    await self.store.create_manuscript(document)
+            except DatabaseUnavailableError:
+                logger.warning("manuscript %s stored in files only (database unavailable)", mid)
+        return mid
+
+    async def load_manuscript(self, manuscript_id: str) -> Manuscript:
+        """A stored manuscript (database first, then its file)."""
+        mid = valid_manuscript_id(manuscript_id)
+        document: dict[str, Any] | None = None
+        if self.store is not None:
+            try:
+                document = await self.store.get_manuscript(mid)
+            except DatabaseUnavailableError:
+                document = None
+        if document is None:
+            path = self._manuscript_path(mid)
+            if path.exists():
+                document = await asyncio.to_thread(self.files.load_json, path)
+        if document is None:
+            raise NotFoundError(f"manuscript {mid} not found")
+        return Manuscript.from_dict(document)
+
+    def _manuscript_path(self, mid: str) -> Path:
+        return self.output_dir / "manuscripts" / f"{valid_manuscript_id(mid)}.json"
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def start_session(
+        self,
+        manuscript_id: str,
+        *,
+        style_config: dict[str, Any] | None = None,
+        max_emotional_moments: int | None = None,
+        external_session_id: str = "",
+        start_from_chapter: int = 1,
+    ) -> dict[str, Any]:
+        """Start a new session of a stored manuscript; returns its snapshot."""
+        manuscript = await self.load_manuscript(manuscript_id)
+        moments = max_emotional_moments or self.config.processing.default_max_moments
+        if not 1 <= moments <= 20:
+            raise ValidationError("max_emotional_moments must be between 1 and 20", details={"field": "max_emotional_moments"})
+        numbers = [c.number for c in manuscript.chapters]
+        if start_from_chapter < 1 or start_from_chapter > max(numbers):
+            raise ValidationError(
+                f"start_from_chapter must be between 1 and {max(numbers)}", details={"field": "start_from_chapter"}
+            )
+        state = SessionState(
+            session_id=SessionId(new_id()),
+            manuscript_id=valid_manuscript_id(manuscript_id),
+            style_config=dict(style_config or {}),
+            max_emotional_moments=moments,
+            external_session_id=external_session_id,
+            start_from_chapter=start_from_chapter,
+        )
+        return await self._submit(state, manuscript, resumed=False)
+
+    async def resume_session(self, session_id: str) -> dict[str, Any]:
+        """Resume a paused, failed or interrupted session from its last checkpoint."""
+        sid = valid_session_id(session_id)
+        live = self.hub.snapshot(sid)
+        if live is not None:
+            return {"is_existing": True, **live}
+        state = await self.load_state(sid)
+        if state.status in (SessionStatus.COMPLETED, SessionStatus.CANCELLED) or state.phase == Phase.DONE:
+            raise ConflictError(f"session {sid} is {state.status} and cannot be resumed")
+        manuscript = await self.load_manuscript(state.manuscript_id)
+        return await self._submit(state, manuscript, resumed=True)
+
+    async def _submit(self, state: SessionState, manuscript: Manuscript, *, resumed: bool) -> dict[str, Any]:
+        assert self.supervisor is not None, "engine not started"
+        reply = Reply.for_loop()
+        self.supervisor.tell(StartSession(state=state, manuscript=manuscript, resumed=resumed, reply=reply))
+        result: dict[str, Any] = await reply.wait(30)
+        return result
+
+    async def pause_session(self, session_id: str) -> dict[str, Any]:
+        """Ask a live session to pause at its next step boundary."""
+        return await self._control(session_id, "pause")
+
+    async def cancel_session(self, session_id: str) -> dict[str, Any]:
+        """Cancel a live session at its next step boundary (terminal)."""
+        return await self._control(session_id, "cancel")
+
+    async def _control(self, session_id: str, action: str) -> dict[str, Any]:
+        assert self.supervisor is not None, "engine not started"
+        sid = valid_session_id(session_id)
+        reply = Reply.for_loop()
+        self.supervisor.tell(ControlSession(sid, action, reply))
+        result: dict[str, Any] = await reply.wait(30)
+        return result
+
+    def live_snapshot(self, session_id: str) -> dict[str, Any] | None:
+        """The live snapshot of a running or queued session (memory only, no I/O)."""
+        return self.hub.snapshot(session_id)
+
+    # -- loading for resume ------------------------------------------------------------------
+
+    async def load_state(self, session_id: str) -> SessionState:
+        """Rebuild a session's state from the newest durable record (database or files)."""
+        sid = valid_session_id(session_id)
+        document, checkpoints = await self._load_records(sid)
+        state = SessionState.rebuild(document, checkpoints)
+        state.last_event_seq = max(state.last_event_seq, await self._max_stored_event_seq(sid, state.last_event_seq))
+        return state
+
+    async def _load_records(self, sid: SessionId) -> tuple[dict[str, Any], list[Checkpoint]]:
+        db_document: dict[str, Any] | None = None
+        db_checkpoints: list[Checkpoint] = []
+        if self.store is not None:
+            try:
+                found = await self.store.get_session_for_resume(sid)
+            except DatabaseUnavailableError:
+                found = None
+                logger.warning("database unavailable; resuming %s from files", sid)
+            if found is not None:
+                db_document, db_checkpoints = found
+        file_document, file_checkpoints = await asyncio.to_thread(self._load_files, sid)
+        document = db_document or file_document
+        if document is None:
+            raise NotFoundError(f"session {sid} not found")
+        merged = {cp.sequence_number: cp for cp in db_checkpoints}
+        for cp in file_checkpoints:
+            merged.setdefault(cp.sequence_number, cp)
+        ordered: list[Checkpoint] = []
+        for seq in sorted(merged):
+            if seq != len(ordered) + 1:
+                logger.error("session %s: checkpoint %d missing; resuming from %d", sid, len(ordered) + 1, len(ordered))
+                break
+            ordered.append(merged[seq])
+        if file_document is not None and db_document is not None:
+            # The newer record wins for the status (e.g. a pause written while the database was down).
+            if int(file_document.get("last_sequence_number") or 0) > int(db_document.get("last_sequence_number") or 0):
+                document = {**db_document, **{k: file_document[k] for k in ("status", "error_message") if k in file_document}}
+        return document, ordered
+
+    def _load_files(self, sid: SessionId) -> tuple[dict[str, Any] | None, list[Checkpoint]]:
+        document = self.files.load_session_file(sid)
+        return document, self.files.load_checkpoints(sid)
+
+    async def _max_stored_event_seq(self, sid: SessionId, after: int) -> int:
+        if self.store is None:
+            return 0
+        try:
+            entries = await self.store.list_logs(sid, after_event_seq=after, limit=100_000)
+        except DatabaseUnavailableError:
+            return 0
+        return max((e.event_seq for e in entries), default=0)
+
+    # -- start-up recovery ---------------------------------------------------------------------
+
+    async def recover(self, auto_resume: bool | None = None) -> list[str]:
+        """Sessions that were live when the process died become interrupted (and resume).
+
+        Returns the ids of the interrupted sessions found.
+        """
+        auto = self.config.processing.auto_resume if auto_resume is None else auto_resume
+        candidates: set[str] = set()
+        if self.store is not None:
+            try:
+                for document in await self.store.list_sessions(statuses=list(LIVE_STATUSES), limit=100_000):
+                    candidates.add(document["session_id"])
+            except DatabaseUnavailableError:
+                logger.warning("database unavailable during recovery; using files")
+        report = await asyncio.to_thread(self.files.scan)
+        for sid, document in report.sessions.items():
+            if document.get("status") in LIVE_STATUSES:
+                candidates.add(sid)
+        recovered: list[str] = []
+        for sid in sorted(candidates):
+            if self.hub.snapshot(sid) is not None:
+                continue
+            try:
+                state = await self.load_state(sid)
+            except NotFoundError:
+                continue
+            if state.phase == Phase.DONE:
+                continue
+            state.status = SessionStatus.INTERRUPTED
+            assert self.persistence is not None
+            self.persistence.tell(
+                CheckpointReached(
+                    session_id=state.session_id,
+                    checkpoint=None,
+                    session_fields=state.session_fields(),
+                    session_file=state.session_file(),
+                    new_session=state.session_document() if state.last_sequence_number == 0 else None,
+                )
+            )
+            recovered.append(sid)
+            logger.info(
+                "session %s was interrupted at checkpoint %d (%s)",
+                sid, state.last_sequence_number, state.last_checkpoint_type or CheckpointType.SESSION_START,
+            )
+            if auto:
+                try:
+                    manuscript = await self.load_manuscript(state.manuscript_id)
+                except NotFoundError:
+                    logger.error("session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id)
+                    continue
+                await self._submit(state, manuscript, resumed=True)
+        return recovered
+
+
+def _stop_actor(ref: pykka.ActorRef[Any]) -> None:
+    try:
+        ref.stop(block=True, timeout=60)
+    except pykka.ActorDeadError:
+        pass

@@ -1,0 +1,212 @@
+"""Messages between actors: commands are imperatives, events past-tense facts.
+
+The same vocabulary names WebSocket frames, log entries and stored documents.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.reply import Reply
+from actors.state import SessionState
+from domain import SessionId, SessionStatus
+from pipeline.manuscripts import Manuscript
+from storage.records import Checkpoint, ImageRecord, LogEntry
+
+# --- to the SessionSupervisor ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartSession:
+    """Run a session (new or resumed) under supervision, queueing it when at the cap."""
+
+    state: SessionState
+    """Everything the session knows so far (fresh, or folded from its checkpoints)."""
+    manuscript: Manuscript
+    """The manuscript to illustrate."""
+    resumed: bool
+    """True when continuing from stored checkpoints."""
+    reply: Reply | None = None
+    """Answered with the session's status once it is running or queued."""
+
+
+@dataclass(frozen=True)
+class SessionFinished:
+    """A SessionActor stopped: completed, paused, failed or cancelled."""
+
+    session_id: SessionId
+    """Which session."""
+    status: SessionStatus
+    """Its final status for this run."""
+    events: tuple[LogEntry, ...] = ()
+    """Final events (complete, paused...), published once the session is deregistered,
+    so a client that sees them can resume or restart the session at once."""
+
+
+@dataclass(frozen=True)
+class ControlSession:
+    """Pause or cancel a live session (or a queued one)."""
+
+    session_id: SessionId
+    """Which session."""
+    action: str
+    """``pause`` or ``cancel``."""
+    reply: Reply | None = None
+    """Answered with the status snapshot, or a NotFoundError when not live."""
+
+
+@dataclass(frozen=True)
+class GetLiveSessions:
+    """Ask for snapshots of every live (running or queued) session."""
+
+    reply: Reply
+    """Answered with a list of snapshot dicts."""
+
+
+@dataclass(frozen=True)
+class GetSessionSnapshot:
+    """Ask for one live session's snapshot (None if it is not live)."""
+
+    session_id: SessionId
+    """Which session."""
+    reply: Reply
+    """Answered with a snapshot dict or None."""
+
+
+@dataclass(frozen=True)
+class StopAllSessions:
+    """Shutdown: pause every running session at its next boundary and wait for the pauses."""
+
+    reply: Reply | None = None
+    """Answered when every session has stopped (or the timeout passed)."""
+    timeout: float = 30.0
+    """Seconds to wait for sessions to reach a step boundary."""
+
+
+# --- to a SessionActor -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdvanceSession:
+    """Run the next step (a SessionActor sends this to itself between steps)."""
+
+
+@dataclass(frozen=True)
+class PauseSession:
+    """Stop at the next step boundary with a pause checkpoint."""
+
+    reply: Reply | None = None
+    """Answered at once with the snapshot (the pause itself lands at the boundary)."""
+
+
+@dataclass(frozen=True)
+class CancelSession:
+    """Stop at the next step boundary; the session becomes terminally cancelled."""
+
+    reply: Reply | None = None
+    """Answered at once with the snapshot."""
+
+
+@dataclass(frozen=True)
+class GetSnapshot:
+    """Ask a SessionActor for its status snapshot."""
+
+    reply: Reply
+    """Answered with a snapshot dict."""
+
+
+@dataclass(frozen=True)
+class CheckpointPersisted:
+    """The PersistenceActor made a checkpoint (or session update) durable."""
+
+    session_id: SessionId
+    """Whose checkpoint."""
+    sequence_number: int
+    """Which one (0 for a session update without a checkpoint)."""
+    error: str | None = None
+    """Set when the files could not be written: the checkpoint is NOT durable."""
+
+
+# --- to the PersistenceActor -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointReached:
+    """A session reached a milestone; persist it, then acknowledge ``reply_to``.
+
+    Carries everything that must be durable before the session may proceed.
+    """
+
+    session_id: SessionId
+    """Whose milestone."""
+    checkpoint: Checkpoint | None
+    """The checkpoint (None for a status change that has no checkpoint, e.g. cancel)."""
+    session_fields: dict[str, Any]
+    """``$set`` fields of the session document (status, progress, counters)."""
+    session_file: dict[str, Any]
+    """The spec's session file contents (``active_sessions/{id}.json``)."""
+    images: tuple[ImageRecord, ...] = ()
+    """Image records made durable with this checkpoint."""
+    new_session: dict[str, Any] | None = None
+    """A full session document to create first (the first checkpoint of a new session)."""
+    reply_to: pykka.ActorRef[Any] | None = None
+    """Told :class:`CheckpointPersisted` once durable."""
+    events: tuple[LogEntry, ...] = ()
+    """Events emitted with this milestone, stored in the same batch."""
+    sent_at: float = field(default_factory=time.monotonic)
+    """When the session sent it (acknowledgement latency is measured from here)."""
+
+
+@dataclass(frozen=True)
+class EventsEmitted:
+    """Events (logs, progress...) to store; no acknowledgement."""
+
+    entries: tuple[LogEntry, ...]
+    """In event-sequence order."""
+    keep: int = 1000
+    """Bound on stored entries per session."""
+
+
+@dataclass(frozen=True)
+class FlushPersistence:
+    """Write everything pending (including the database backlog) and answer."""
+
+    reply: Reply
+    """Answered with the backlog size left (0 when the database is caught up)."""
+
+
+@dataclass(frozen=True)
+class RetryBacklog:
+    """Timer tick: try the database backlog again."""
+
+
+@dataclass(frozen=True)
+class GetPersistenceStats:
+    """Ask for counters: batches, records, backlog, latency histogram."""
+
+    reply: Reply
+    """Answered with a stats dict."""
+
+
+__all__ = [
+    "AdvanceSession",
+    "CancelSession",
+    "CheckpointPersisted",
+    "CheckpointReached",
+    "ControlSession",
+    "EventsEmitted",
+    "FlushPersistence",
+    "GetLiveSessions",
+    "GetPersistenceStats",
+    "GetSessionSnapshot",
+    "GetSnapshot",
+    "PauseSession",
+    "RetryBacklog",
+    "SessionFinished",
+    "StartSession",
+    "StopAllSessions",
+]

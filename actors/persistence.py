@@ -1,0 +1,314 @@
+"""PersistenceActor: the single writer, with group commit.
+
+It takes checkpoints and events from every session, and whenever its mailbox runs dry
+or the batch is full it commits them as one batch: all JSON files first (one group
+fsync), then one database batch, then it acknowledges every sender. Under load the
+batch grows by itself while the previous one is being written ("smart batching"), so
+a lone checkpoint is never held back waiting for company.
+
+If the database is unreachable the files remain the durable record: the batch is
+acknowledged after its files are durable, its database part queues in an ordered
+backlog, and a circuit breaker retries the backlog with backoff until the database
+returns; then every record reaches it exactly once and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.messages import (
+    CheckpointPersisted,
+    CheckpointReached,
+    EventsEmitted,
+    FlushPersistence,
+    GetPersistenceStats,
+    RetryBacklog,
+)
+from config import PersistenceConfig
+from domain import FORMAT_VERSION
+from errors import DatabaseUnavailableError
+from storage.base import SessionStore
+from storage.database import resolve_store
+from storage.files import FileStore
+from storage.records import PersistBatch
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+@dataclass
+class PersistenceStats:
+    """Counters the actor keeps (read through GetPersistenceStats)."""
+
+    batches: int = 0
+    checkpoints: int = 0
+    events: int = 0
+    files_written: int = 0
+    db_batches: int = 0
+    db_failures: int = 0
+    backlog_batches: int = 0
+    backlog_records: int = 0
+    breaker_open: bool = False
+    largest_batch: int = 0
+    ack_latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    ack_latency_sum_ms: float = 0.0
+    ack_latency_samples: deque[float] = field(default_factory=lambda: deque(maxlen=20000))
+    batch_size_counts: dict[int, int] = field(default_factory=dict)
+
+    def observe_ack(self, latency_ms: float) -> None:
+        """Record one acknowledgement latency."""
+        index = next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if latency_ms <= b), len(LATENCY_BUCKETS_MS))
+        self.ack_latency_counts[index] += 1
+        self.ack_latency_sum_ms += latency_ms
+        self.ack_latency_samples.append(latency_ms)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-safe copy."""
+        return {
+            "batches": self.batches,
+            "checkpoints": self.checkpoints,
+            "events": self.events,
+            "files_written": self.files_written,
+            "db_batches": self.db_batches,
+            "db_failures": self.db_failures,
+            "backlog_batches": self.backlog_batches,
+            "backlog_records": self.backlog_records,
+            "breaker_open": self.breaker_open,
+            "largest_batch": self.largest_batch,
+            "ack_latency_buckets_ms": list(LATENCY_BUCKETS_MS),
+            "ack_latency_counts": list(self.ack_latency_counts),
+            "ack_latency_sum_ms": self.ack_latency_sum_ms,
+            "ack_latency_samples_ms": list(self.ack_latency_samples),
+            "batch_size_counts": dict(self.batch_size_counts),
+        }
+
+
+@dataclass
+class _DatabaseWork:
+    """The database part of one committed batch."""
+
+    new_sessions: list[dict[str, Any]]
+    batch: PersistBatch
+    prune: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.new_sessions) + len(self.batch)
+
+
+class PersistenceActor(pykka.ThreadingActor):
+    """Writes files and the database in batches, then acknowledges the senders."""
+
+    def __init__(
+        self,
+        files: FileStore,
+        store_factory: Callable[[], SessionStore] | None,
+        settings: PersistenceConfig,
+    ) -> None:
+        super().__init__()
+        self.files = files
+        self.store_factory = store_factory
+        self.settings = settings
+        self.stats = PersistenceStats()
+        self._pending: list[CheckpointReached | EventsEmitted] = []
+        self._backlog: deque[_DatabaseWork] = deque()
+        self._retry_delay = 0.05
+        self._retry_timer: threading.Timer | None = None
+        self._log_counts: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store: SessionStore | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def on_start(self) -> None:
+        # The database client lives on this thread's own loop: no sharing with the web loop.
+        self._loop = asyncio.new_event_loop()
+        if self.store_factory is not None:
+            self._store = self._loop.run_until_complete(resolve_store(self.store_factory()))
+        logger.info("persistence started (batch %d records)", self.settings.batch_max_records)
+
+    def on_stop(self) -> None:
+        self._commit()
+        self._drain_backlog()
+        if self._backlog:
+            logger.warning(
+                "persistence stopping with %d database records not yet written; the files hold them",
+                sum(len(w) for w in self._backlog),
+            )
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        if self._store is not None and self._loop is not None:
+            try:
+                self._loop.run_until_complete(self._store.close())
+            except Exception:  # noqa: BLE001 - closing a dead client must not block shutdown
+                logger.debug("closing the store failed", exc_info=True)
+        if self._loop is not None:
+            self._loop.close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        logger.error("persistence actor crashed", exc_info=(exception_type, exception_value, traceback))
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case CheckpointReached() | EventsEmitted():
+                self._pending.append(message)
+                if len(self._pending) >= self.settings.batch_max_records or self.actor_inbox.empty():
+                    self._commit()
+            case FlushPersistence(reply=reply):
+                self._commit()
+                self._drain_backlog()
+                reply.set_result(sum(len(w) for w in self._backlog))
+            case RetryBacklog():
+                self._retry_timer = None
+                self._drain_backlog()
+            case GetPersistenceStats(reply=reply):
+                reply.set_result(self.stats.as_dict())
+            case _:
+                return super().on_receive(message)
+        return None
+
+    # -- the batch ---------------------------------------------------------------
+
+    def _commit(self) -> None:
+        if not self._pending:
+            return
+        messages, self._pending = self._pending, []
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(messages))
+        size_bucket = 1 << (len(messages) - 1).bit_length()
+        self.stats.batch_size_counts[size_bucket] = self.stats.batch_size_counts.get(size_bucket, 0) + 1
+        checkpoints = [m for m in messages if isinstance(m, CheckpointReached)]
+
+        error = self._write_files(checkpoints)
+        if error is None:
+            self._queue_database(messages)
+            if not self.stats.breaker_open:  # while open, only the breaker's timer retries
+                self._drain_backlog()
+        now = time.monotonic()
+        for message in checkpoints:
+            if message.reply_to is None:
+                continue
+            seq = message.checkpoint.sequence_number if message.checkpoint else 0
+            if error is None:
+                self.stats.observe_ack((now - message.sent_at) * 1000)
+                self.stats.checkpoints += 1 if message.checkpoint else 0
+            try:
+                message.reply_to.tell(CheckpointPersisted(message.session_id, seq, error))
+            except pykka.ActorDeadError:
+                logger.debug("session %s stopped before its ack", message.session_id)
+
+    def _write_files(self, checkpoints: list[CheckpointReached]) -> str | None:
+        items: list[tuple[Any, dict[str, Any]]] = []
+        latest_file: dict[str, dict[str, Any]] = {}
+        for message in checkpoints:
+            cp = message.checkpoint
+            if cp is not None and self.settings.write_checkpoint_files:
+                items.append((self.files.checkpoint_path(cp.session_id, cp.sequence_number), cp.to_json()))
+            latest_file[message.session_id] = message.session_file
+        for session_id, content in latest_file.items():
+            items.append((self.files.session_path(session_id), content))
+        if not items:
+            return None
+        try:
+            self.files.write_many(items)
+        except OSError as exc:
+            logger.error("writing %d files failed: %s", len(items), exc)
+            return f"{type(exc).__name__}: {exc}"
+        self.stats.files_written += len(items)
+        return None
+
+    def _queue_database(self, messages: list[CheckpointReached | EventsEmitted]) -> None:
+        if self._store is None:
+            return
+        work = _DatabaseWork(new_sessions=[], batch=PersistBatch(), prune={})
+        for message in messages:
+            match message:
+                case CheckpointReached():
+                    if message.new_session is not None:
+                        work.new_sessions.append(message.new_session)
+                    if message.checkpoint is not None:
+                        work.batch.checkpoints.append(message.checkpoint)
+                    merged = work.batch.session_updates.setdefault(message.session_id, {})
+                    merged.update(message.session_fields)
+                    work.batch.images.extend(message.images)
+                    self._add_events(work, message.events, 0)
+                case EventsEmitted():
+                    self._add_events(work, message.entries, message.keep)
+        self.stats.events += len(work.batch.logs)
+        self._backlog.append(work)
+        self.stats.backlog_batches = len(self._backlog)
+
+    def _add_events(self, work: _DatabaseWork, entries: tuple[Any, ...], keep: int) -> None:
+        if not entries:
+            return
+        work.batch.logs.extend(entries)
+        session_id = entries[0].session_id
+        count = self._log_counts.get(session_id, 0) + len(entries)
+        self._log_counts[session_id] = count
+        if keep and count > keep + max(10, keep // 10):
+            work.prune[session_id] = keep
+            self._log_counts[session_id] = keep
+
+    def _drain_backlog(self) -> None:
+        """Write queued database work in order; stop at the first failure."""
+        if self._store is None or self._loop is None:
+            return
+        while self._backlog:
+            work = self._backlog[0]
+            try:
+                self._loop.run_until_complete(self._write_database(work))
+            except DatabaseUnavailableError as exc:
+                self._open_breaker(exc)
+                break
+            except Exception:  # noqa: BLE001 - an unexpected database error must not kill the writer
+                logger.exception("database batch failed; keeping it in the backlog")
+                self._open_breaker(None)
+                break
+            self._backlog.popleft()
+            self.stats.db_batches += 1
+            if self.stats.breaker_open:
+                logger.info("database reachable again; backlog draining (%d batches left)", len(self._backlog))
+            self.stats.breaker_open = False
+            self._retry_delay = 0.05
+        self.stats.backlog_batches = len(self._backlog)
+        self.stats.backlog_records = sum(len(w) for w in self._backlog)
+
+    async def _write_database(self, work: _DatabaseWork) -> None:
+        assert self._store is not None
+        for document in work.new_sessions:
+            await self._store.create_session(document)
+        await self._store.write_batch(work.batch, self.settings.embedded_checkpoints)
+        for session_id, keep in work.prune.items():
+            await self._store.prune_logs(session_id, keep)  # type: ignore[arg-type]
+
+    def _open_breaker(self, exc: Exception | None) -> None:
+        self.stats.db_failures += 1
+        if not self.stats.breaker_open:
+            logger.warning("database unavailable (%s); files stay the durable record", exc)
+        self.stats.breaker_open = True
+        if self._retry_timer is None:
+            # Exponential backoff up to 2 s: a dead database is not hammered.
+            delay = self._retry_delay
+            self._retry_delay = min(2.0, self._retry_delay * 2)
+            self._retry_timer = threading.Timer(delay, _tell_quietly, args=(self.actor_ref, RetryBacklog()))
+            self._retry_timer.daemon = True
+            self._retry_timer.start()
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass
+
+
+__all__ = ["FORMAT_VERSION", "LATENCY_BUCKETS_MS", "PersistenceActor", "PersistenceStats"]

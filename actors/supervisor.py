@@ -1,0 +1,220 @@
+"""SessionSupervisor: the registry of live sessions, their cap, and their queue.
+
+It starts a SessionActor per session (or queues it when ``max_concurrent_sessions``
+are running), forwards pause/cancel, starts the next queued session when one
+finishes, and pauses everything at shutdown. Loading state for a resume is async
+work done before a StartSession reaches it (see ``actors.engine``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.events import EventHub
+from actors.messages import (
+    CancelSession,
+    CheckpointReached,
+    ControlSession,
+    GetLiveSessions,
+    GetSessionSnapshot,
+    PauseSession,
+    SessionFinished,
+    StartSession,
+    StopAllSessions,
+)
+from actors.reply import Reply
+from actors.session import SessionActor, SessionSettings
+from domain import SessionStatus
+from errors import ConflictError, NotFoundError
+from pipeline.providers import Providers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """Limits of the supervisor."""
+
+    max_concurrent_sessions: int
+    session: SessionSettings
+
+
+class SessionSupervisor(pykka.ThreadingActor):
+    """Creates, finds, limits and stops SessionActors."""
+
+    def __init__(
+        self,
+        providers: Providers,
+        persistence: pykka.ActorRef[Any],
+        hub: EventHub,
+        settings: SupervisorSettings,
+    ) -> None:
+        super().__init__()
+        self.providers = providers
+        self.persistence = persistence
+        self.hub = hub
+        self.settings = settings
+        self._running: dict[str, pykka.ActorRef[Any]] = {}
+        self._queued: OrderedDict[str, StartSession] = OrderedDict()
+        self._stopping: list[tuple[Reply | None, threading.Timer | None]] = []
+        self.finished: dict[str, SessionStatus] = {}
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case StartSession():
+                self._start(message)
+            case SessionFinished(session_id=sid, status=status, events=events):
+                self._running.pop(sid, None)
+                self.finished[sid] = status
+                self.hub.drop_snapshot(sid)
+                self.hub.publish(events)
+                self._start_queued()
+                self._answer_stop_waiters()
+            case ControlSession():
+                self._control(message)
+            case GetLiveSessions(reply=reply):
+                reply.set_result(self._live_snapshots())
+            case GetSessionSnapshot(session_id=sid, reply=reply):
+                reply.set_result(self._snapshot_of(sid))
+            case StopAllSessions(reply=reply, timeout=timeout):
+                self._stop_all(reply, timeout)
+            case "_stop_timeout":
+                self._answer_stop_waiters(force=True)
+            case _:
+                return super().on_receive(message)
+        return None
+
+    def on_stop(self) -> None:
+        for ref in list(self._running.values()):
+            ref.stop(block=False)
+
+    # -- starting ------------------------------------------------------------------
+
+    def _start(self, message: StartSession) -> None:
+        sid = message.state.session_id
+        if sid in self._running or sid in self._queued:
+            if message.reply is not None:
+                message.reply.set_result({"is_existing": True, **(self._snapshot_of(sid) or {})})
+            return
+        if self._stopping:
+            if message.reply is not None:
+                message.reply.set_exception(ConflictError("the server is shutting down"))
+            return
+        if len(self._running) >= self.settings.max_concurrent_sessions:
+            message.state.status = SessionStatus.QUEUED
+            self._queued[sid] = message
+            self.hub.put_snapshot({**message.state.snapshot(), "queued": True})
+            logger.info("session %s queued (%d running)", sid, len(self._running))
+        else:
+            self._launch(message)
+        if message.reply is not None:
+            message.reply.set_result({"is_existing": False, **(self._snapshot_of(sid) or {})})
+
+    def _launch(self, message: StartSession) -> None:
+        state = message.state
+        # Visible as running before its thread starts, so the caller's answer has it.
+        state.status = SessionStatus.RUNNING
+        self.hub.put_snapshot({**state.snapshot(), "pause_requested": False, "cancel_requested": False})
+        ref = SessionActor.start(
+            state,
+            message.manuscript,
+            self.providers,
+            self.persistence,
+            self.hub,
+            self.settings.session,
+            supervisor=self.actor_ref,
+            resumed=message.resumed,
+        )
+        self._running[state.session_id] = ref
+        self.finished.pop(state.session_id, None)
+
+    def _start_queued(self) -> None:
+        while self._queued and len(self._running) < self.settings.max_concurrent_sessions and not self._stopping:
+            _, message = self._queued.popitem(last=False)
+            self._launch(message)
+
+    # -- control -------------------------------------------------------------------
+
+    def _control(self, message: ControlSession) -> None:
+        sid = message.session_id
+        reply = message.reply
+        ref = self._running.get(sid)
+        if ref is not None:
+            command = PauseSession(reply) if message.action == "pause" else CancelSession(reply)
+            try:
+                ref.tell(command)
+            except pykka.ActorDeadError:
+                if reply is not None:
+                    reply.set_exception(ConflictError(f"session {sid} is finishing"))
+            return
+        queued = self._queued.pop(sid, None)
+        if queued is None:
+            if reply is not None:
+                reply.set_exception(NotFoundError(f"session {sid} is not running"))
+            return
+        # A queued session never started this run: record the new status directly.
+        state = queued.state
+        state.status = SessionStatus.PAUSED if message.action == "pause" else SessionStatus.CANCELLED
+        self.hub.drop_snapshot(sid)
+        self.persistence.tell(
+            CheckpointReached(
+                session_id=sid,
+                checkpoint=None,
+                session_fields=state.session_fields(),
+                session_file=state.session_file(),
+                new_session=state.session_document() if state.last_sequence_number == 0 else None,
+            )
+        )
+        self.finished[sid] = state.status
+        if reply is not None:
+            reply.set_result(state.snapshot())
+
+    def _snapshot_of(self, sid: str) -> dict[str, Any] | None:
+        snapshot = self.hub.snapshot(sid)
+        if snapshot is None and sid in self._queued:
+            snapshot = self._queued[sid].state.snapshot()
+        return snapshot
+
+    def _live_snapshots(self) -> list[dict[str, Any]]:
+        return [s for sid in [*self._running, *self._queued] if (s := self._snapshot_of(sid))]
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def _stop_all(self, reply: Reply | None, timeout: float) -> None:
+        for sid in list(self._queued):
+            self._control(ControlSession(sid, "pause"))
+        timer = threading.Timer(timeout, _tell_quietly, args=(self.actor_ref, "_stop_timeout"))
+        timer.daemon = True
+        timer.start()
+        self._stopping.append((reply, timer))
+        for ref in list(self._running.values()):
+            try:
+                ref.tell(PauseSession())
+            except pykka.ActorDeadError:
+                pass
+        self._answer_stop_waiters()
+
+    def _answer_stop_waiters(self, force: bool = False) -> None:
+        if not self._stopping or (self._running and not force):
+            return
+        if self._running:
+            logger.warning("%d sessions did not pause in time", len(self._running))
+        for reply, timer in self._stopping:
+            if timer is not None:
+                timer.cancel()
+            if reply is not None:
+                reply.set_result(len(self._running))
+        self._stopping = [(None, None)]  # stay in stopping mode: no new sessions
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass

@@ -1,0 +1,70 @@
+"""Choosing the database: the embedded SecantusDB server, or an external MongoDB URI."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from config import Config
+from storage.base import SessionStore
+from storage.embedded import EmbeddedDatabase
+from storage.mongo import open_store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DatabaseHandle:
+    """Where the database is, and who stops it."""
+
+    uri: str
+    kind: str
+    """``embedded`` or ``external``."""
+    embedded: EmbeddedDatabase | None = None
+
+    def store_factory(self, config: Config) -> Callable[[], Any]:
+        """A factory of stores; each call gives a new client (one per event loop)."""
+        mongo = config.mongodb
+        shared: list[Any] = []
+
+        def factory() -> Any:
+            if self.kind == "mongomock":
+                # One in-memory database: every caller must see the same data.
+                if not shared:
+                    shared.append(open_store(self.uri, mongo.database, driver="mongomock"))
+                return shared[0]
+            return open_store(
+                self.uri,
+                mongo.database,
+                driver=mongo.driver,
+                server_selection_timeout_ms=mongo.server_selection_timeout_ms,
+            )
+
+        return factory
+
+    def stop(self) -> None:
+        """Stop the embedded server (no-op for an external database)."""
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def open_database(config: Config) -> DatabaseHandle:
+    """Start (or adopt) the embedded server when ``mongodb.uri`` is empty (blocking)."""
+    if config.mongodb.driver == "mongomock":
+        return DatabaseHandle(uri=config.mongodb.uri or "mongodb://mongomock", kind="mongomock")
+    if config.mongodb.uri:
+        return DatabaseHandle(uri=config.mongodb.uri, kind="external")
+    embedded = EmbeddedDatabase(config.output_dir / "database")
+    uri = embedded.start()
+    logger.info("embedded database at %s", uri)
+    return DatabaseHandle(uri=uri, kind="embedded", embedded=embedded)
+
+
+async def resolve_store(made: Any) -> SessionStore:
+    """Await a store factory's result when it is a coroutine."""
+    if inspect.isawaitable(made):
+        made = await made
+    return made  # type: ignore[no-any-return]

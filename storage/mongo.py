@@ -1,0 +1,538 @@
+"""The MongoDB implementation of SessionStore: one async code path for three drivers.
+
+The drivers are PyMongo's ``AsyncMongoClient`` (default), Motor and mongomock-motor (unit
+tests). The code below uses only the API all three share (FINDINGS.md): no ``aggregate()``,
+``watch()``, ``with_options()`` or transactions, ``cursor.limit(n)`` instead of
+``to_list(n)``, and ``close()`` awaited only when it returns an awaitable.
+
+Idempotency, so that callers (the PersistenceActor) may retry any write:
+
+- checkpoints, logs and images have deterministic ``_id`` keys and go in with
+  ``insert_many(ordered=False)``; duplicate-key errors (code 11000) are retries, not errors;
+- the session document gets each session's compact checkpoints with one guarded update,
+  ``{_id: sid, last_sequence_number < first sequence of the batch}`` ->
+  ``$push {$each, $slice: -embedded_keep}``, ``$max`` of the sequence and the batch's ``$set``
+  fields. If a guarded update matches nothing (a retry of an applied batch, or a missing
+  session document), a second, unguarded ``$set`` of those fields follows, so the fields are
+  applied exactly as often as needed and the compact checkpoints are never pushed twice.
+
+Transient connection errors are retried with a short backoff and then surface as
+DatabaseUnavailableError; any other driver error surfaces as StorageError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from domain import ManuscriptId, SessionId, utcnow
+from errors import DatabaseUnavailableError, StorageError
+from storage.records import Checkpoint, ImageRecord, LogEntry, PersistBatch
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DRIVERS = ("pymongo", "motor", "mongomock")
+DUPLICATE_KEY = 11000
+MANAGED_SESSION_FIELDS = frozenset({"_id", "checkpoints", "last_sequence_number"})
+"""Session fields only the store writes; they are dropped from caller ``$set`` updates."""
+_BULK_PROBE_ID = "\x00bulk-write-probe"
+"""A session ``_id`` no real session has: the probe's update matches nothing."""
+
+INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], bool]]] = {
+    "sessions": [
+        ("status_can_resume", [("status", ASCENDING), ("can_resume", ASCENDING)], False),
+        ("manuscript_id", [("manuscript_id", ASCENDING)], False),
+        ("external_session_id", [("external_session_id", ASCENDING)], False),
+    ],
+    "checkpoints": [
+        (
+            "session_sequence_unique",
+            [("session_id", ASCENDING), ("sequence_number", ASCENDING)],
+            True,
+        ),
+    ],
+    "logs": [("session_event_seq", [("session_id", ASCENDING), ("event_seq", ASCENDING)], False)],
+    "images": [
+        (
+            "session_generation_order",
+            [("session_id", ASCENDING), ("generation_order", ASCENDING)],
+            False,
+        ),
+    ],
+}
+"""Collection -> (index name, keys, unique)."""
+
+_NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
+
+_Update = tuple[dict[str, Any], dict[str, Any]]
+"""One session update: (filter, update document)."""
+
+
+def open_store(
+    uri: str,
+    database: str,
+    driver: str = "pymongo",
+    server_selection_timeout_ms: int = 2000,
+    *,
+    retry_attempts: int = 3,
+) -> MongoStore:
+    """Create a client for ``driver`` and wrap ``database`` in a MongoStore.
+
+    Synchronous and free of I/O: every driver connects lazily, so call ``await
+    store.ping()`` or ``await store.ensure_indexes()`` to find out whether the database
+    answers. Writes use ``w=1, j=true`` whatever the URI says (acknowledged work must survive
+    a crash). ``retryWrites`` comes from the URI: the embedded SecantusDB's URI carries
+    ``retryWrites=false`` (FINDINGS: its writes slow down otherwise); our own retries are
+    safe because every write is idempotent. ``uri`` is ignored by the mongomock driver.
+
+    Raises:
+        ValueError: unknown driver.
+    """
+    options: dict[str, Any] = {
+        "serverSelectionTimeoutMS": server_selection_timeout_ms,
+        "w": 1,
+        "journal": True,
+        "appname": "illustrator",
+    }
+    client: Any
+    if driver == "pymongo":
+        from pymongo import AsyncMongoClient
+
+        client = AsyncMongoClient(uri, **options)
+    elif driver == "motor":
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        client = AsyncIOMotorClient(uri, **options)
+    elif driver == "mongomock":
+        from mongomock_motor import AsyncMongoMockClient
+
+        client = AsyncMongoMockClient(w=1, journal=True)
+    else:
+        raise ValueError(f"unknown MongoDB driver {driver!r}; expected one of {list(DRIVERS)}")
+    logger.info("opened %s store on database %s", driver, database)
+    return MongoStore(client, database, retry_attempts=retry_attempts)
+
+
+class MongoStore:
+    """SessionStore over a MongoDB database (collections ``sessions``, ``checkpoints``,
+    ``logs``, ``images``, ``manuscripts``).
+
+    Args:
+        client: an AsyncMongoClient, AsyncIOMotorClient or AsyncMongoMockClient (owned: closed
+            by :meth:`close`).
+        database: database name.
+        retry_attempts: attempts per operation on connection errors; the worst-case stall
+            before DatabaseUnavailableError is about ``retry_attempts`` x the client's
+            server selection timeout.
+        retry_backoff_s: first pause between attempts (doubles each time).
+        max_concurrency: operations in flight at once (FINDINGS: PyMongo async starves
+            tasks beyond its pool of 100).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        database: str,
+        *,
+        retry_attempts: int = 3,
+        retry_backoff_s: float = 0.05,
+        max_concurrency: int = 64,
+    ) -> None:
+        self._client = client
+        self._db = client[database]
+        self.database_name = database
+        self._sessions = self._db["sessions"]
+        self._checkpoints = self._db["checkpoints"]
+        self._logs = self._db["logs"]
+        self._images = self._db["images"]
+        self._manuscripts = self._db["manuscripts"]
+        self._attempts = max(1, retry_attempts)
+        self._backoff_s = retry_backoff_s
+        self._gate = asyncio.Semaphore(max_concurrency)
+        self._bulk_updates: bool | None = None
+
+    @property
+    def bulk_session_updates(self) -> bool | None:
+        """Whether this driver runs ``bulk_write`` of UpdateOne (None until first probed)."""
+        return self._bulk_updates
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def ensure_indexes(self) -> None:
+        """Create every index of :data:`INDEXES` (idempotent)."""
+        for collection, indexes in INDEXES.items():
+            for name, keys, unique in indexes:
+                coll = self._db[collection]
+                await self._call(
+                    f"create index {collection}.{name}",
+                    lambda c=coll, k=keys, n=name, u=unique: c.create_index(k, name=n, unique=u),
+                )
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailableError unless the server answers (one attempt)."""
+        try:
+            await self._client.admin.command("ping")
+        except PyMongoError as exc:
+            raise DatabaseUnavailableError(
+                f"database does not answer: {exc}", details={"operation": "ping"}
+            ) from exc
+
+    async def close(self) -> None:
+        """Close the client (a coroutine in PyMongo async, a plain call in the others)."""
+        result = self._client.close()
+        if inspect.isawaitable(result):
+            await result
+
+    async def drop_database(self) -> None:
+        """Drop the whole database (tests and benchmarks only)."""
+        await self._call("drop database", lambda: self._client.drop_database(self.database_name))
+
+    # -- sessions ----------------------------------------------------------------------
+
+    async def create_session(self, document: dict[str, Any]) -> None:
+        """Insert a session document; a retry (same ``_id``) is a no-op, the first one wins."""
+        doc = dict(document)
+        doc.setdefault("created_at", utcnow())
+        doc.setdefault("last_sequence_number", 0)
+        doc.setdefault("checkpoints", [])
+        await self._call("create session", lambda: self._insert_one_idempotent(self._sessions, doc))
+
+    async def update_session(self, session_id: SessionId, fields: dict[str, Any]) -> None:
+        """``$set`` fields (store-managed fields such as ``checkpoints`` are ignored)."""
+        fields = _settable(fields)
+        if fields:
+            await self._call(
+                "update session",
+                lambda: self._sessions.update_one({"_id": session_id}, {"$set": fields}),
+            )
+
+    async def get_session(self, session_id: SessionId) -> dict[str, Any] | None:
+        """The session document, or None."""
+        doc = await self._call("get session", lambda: self._sessions.find_one({"_id": session_id}))
+        return _utc(doc) if doc is not None else None
+
+    async def list_sessions(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        manuscript_id: ManuscriptId | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Session documents, newest (``created_at``) first, optionally filtered."""
+        query: dict[str, Any] = {}
+        if statuses is not None:
+            query["status"] = {"$in": [str(s) for s in statuses]}
+        if manuscript_id is not None:
+            query["manuscript_id"] = manuscript_id
+        return await self._find(self._sessions, "list sessions", query, _NEWEST_FIRST, limit)
+
+    async def get_resumable_sessions(self) -> list[dict[str, Any]]:
+        """Sessions with ``can_resume`` true, newest first."""
+        return await self._find(
+            self._sessions, "list resumable sessions", {"can_resume": True}, _NEWEST_FIRST
+        )
+
+    async def get_session_for_resume(
+        self, session_id: SessionId
+    ) -> tuple[dict[str, Any], list[Checkpoint]] | None:
+        """The session document plus all its checkpoints in sequence order, or None."""
+        session = await self.get_session(session_id)
+        if session is None:
+            return None
+        return session, await self.list_checkpoints(session_id)
+
+    async def delete_session(self, session_id: SessionId) -> None:
+        """Delete checkpoints, logs and images, then the session document itself (last, so
+        an interrupted delete still lists the session and can simply be repeated)."""
+        for coll in (self._checkpoints, self._logs, self._images):
+            await self._call(
+                "delete session records",
+                lambda c=coll: c.delete_many({"session_id": session_id}),
+            )
+        await self._call("delete session", lambda: self._sessions.delete_one({"_id": session_id}))
+
+    # -- checkpoints, logs, images -----------------------------------------------------
+
+    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> None:
+        """One group commit; every part is idempotent, so the whole batch may be retried.
+
+        Order: checkpoints, images and logs first, session documents last, so a session
+        document never names a checkpoint or counter whose records are not stored yet.
+        """
+        await self._insert_all(self._checkpoints, "store checkpoints", batch.checkpoints)
+        await self._insert_all(self._images, "store images", batch.images)
+        await self._insert_all(self._logs, "store logs", batch.logs)
+        await self._update_sessions(batch, max(0, embedded_keep))
+
+    async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:
+        """Store checkpoints and embed their compact forms (the latest ``embedded_keep``)."""
+        await self.write_batch(PersistBatch(checkpoints=list(checkpoints)), embedded_keep)
+
+    async def list_checkpoints(self, session_id: SessionId, after: int = 0) -> list[Checkpoint]:
+        """Checkpoints with sequence number greater than ``after``, in order."""
+        docs = await self._find(
+            self._checkpoints,
+            "list checkpoints",
+            {"session_id": session_id, "sequence_number": {"$gt": after}},
+            [("sequence_number", ASCENDING)],
+        )
+        return [Checkpoint.from_document(doc) for doc in docs]
+
+    async def add_images(self, images: list[ImageRecord]) -> None:
+        """Store image records (a retried record is a no-op)."""
+        await self._insert_all(self._images, "store images", images)
+
+    async def list_images(self, session_id: SessionId) -> list[ImageRecord]:
+        """Image records in generation order."""
+        docs = await self._find(
+            self._images,
+            "list images",
+            {"session_id": session_id},
+            [("generation_order", ASCENDING), ("_id", ASCENDING)],
+        )
+        return [ImageRecord.from_document(doc) for doc in docs]
+
+    async def log_events(self, entries: list[LogEntry]) -> None:
+        """Store log/event entries (a retried entry is a no-op)."""
+        await self._insert_all(self._logs, "store logs", entries)
+
+    async def list_logs(
+        self, session_id: SessionId, after_event_seq: int = 0, limit: int = 100
+    ) -> list[LogEntry]:
+        """Up to ``limit`` entries with event_seq greater than ``after_event_seq``, in order."""
+        docs = await self._find(
+            self._logs,
+            "list logs",
+            {"session_id": session_id, "event_seq": {"$gt": after_event_seq}},
+            [("event_seq", ASCENDING)],
+            limit,
+        )
+        return [LogEntry.from_document(doc) for doc in docs]
+
+    async def prune_logs(self, session_id: SessionId, keep: int) -> None:
+        """Delete all but the newest ``keep`` entries (by event_seq) of a session."""
+        query: dict[str, Any] = {"session_id": session_id}
+        if keep > 0:
+            # The newest entry that has to go: everything at or below it goes with it.
+            cutoff = await self._call(
+                "find log cutoff",
+                lambda: self._logs.find(query, {"event_seq": 1})
+                .sort([("event_seq", DESCENDING)])
+                .skip(keep)
+                .limit(1)
+                .to_list(None),
+            )
+            if not cutoff:
+                return
+            query = {**query, "event_seq": {"$lte": cutoff[0]["event_seq"]}}
+        await self._call("prune logs", lambda: self._logs.delete_many(query))
+
+    # -- manuscripts -------------------------------------------------------------------
+
+    async def create_manuscript(self, document: dict[str, Any]) -> None:
+        """Insert a manuscript with its chapters; a retry (same ``_id``) is a no-op."""
+        doc = dict(document)
+        doc.setdefault("created_at", utcnow())
+        await self._call(
+            "create manuscript", lambda: self._insert_one_idempotent(self._manuscripts, doc)
+        )
+
+    async def get_manuscript(self, manuscript_id: ManuscriptId) -> dict[str, Any] | None:
+        """The manuscript with chapters, or None."""
+        doc = await self._call(
+            "get manuscript", lambda: self._manuscripts.find_one({"_id": manuscript_id})
+        )
+        return _utc(doc) if doc is not None else None
+
+    async def list_manuscripts(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Manuscripts newest first; chapters keep their title and number, not ``content``."""
+        return await self._find(
+            self._manuscripts,
+            "list manuscripts",
+            {},
+            _NEWEST_FIRST,
+            limit,
+            projection={"chapters.content": 0},
+        )
+
+    async def delete_manuscript(self, manuscript_id: ManuscriptId) -> bool:
+        """Delete; True if it existed."""
+        result = await self._call(
+            "delete manuscript", lambda: self._manuscripts.delete_one({"_id": manuscript_id})
+        )
+        return bool(result.deleted_count)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``, retrying connection errors; wrap driver errors in ours."""
+        delay = self._backoff_s
+        for attempt in range(1, self._attempts + 1):
+            try:
+                async with self._gate:
+                    return await operation()
+            except ConnectionFailure as exc:
+                if attempt == self._attempts:
+                    raise DatabaseUnavailableError(
+                        f"database unavailable ({what}): {exc}",
+                        details={"operation": what, "attempts": attempt},
+                    ) from exc
+                logger.warning("%s: %s; retry %d in %.0f ms", what, exc, attempt, delay * 1000)
+                await asyncio.sleep(delay)
+                delay *= 2
+            except PyMongoError as exc:
+                raise StorageError(f"{what} failed: {exc}", details={"operation": what}) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _find(
+        self,
+        coll: Any,
+        what: str,
+        query: dict[str, Any],
+        sort: list[tuple[str, int]],
+        limit: int = 0,
+        projection: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        # .limit() rather than to_list(n): mongomock ignores n (FINDINGS).
+        docs = await self._call(
+            what,
+            lambda: coll.find(query, projection).sort(sort).limit(max(0, limit)).to_list(None),
+        )
+        return [_utc(doc) for doc in docs]
+
+    async def _insert_all(
+        self, coll: Any, what: str, records: Iterable[Checkpoint | LogEntry | ImageRecord]
+    ) -> None:
+        docs = [record.to_document() for record in records]
+        if docs:
+            await self._call(what, lambda: self._insert_many_idempotent(coll, docs))
+
+    @staticmethod
+    async def _insert_many_idempotent(coll: Any, docs: list[dict[str, Any]]) -> None:
+        try:
+            # Copies: the drivers may add fields to the documents they are given.
+            await coll.insert_many([dict(doc) for doc in docs], ordered=False)
+        except BulkWriteError as exc:
+            details = exc.details or {}
+            errors = details.get("writeErrors") or []
+            if details.get("writeConcernErrors") or not errors:
+                raise
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
+            logger.debug("%d of %d documents were already stored", len(errors), len(docs))
+
+    @staticmethod
+    async def _insert_one_idempotent(coll: Any, doc: dict[str, Any]) -> None:
+        try:
+            await coll.insert_one(dict(doc))
+        except DuplicateKeyError:
+            logger.debug("document %s was already stored", doc.get("_id"))
+
+    async def _update_sessions(self, batch: PersistBatch, embedded_keep: int) -> None:
+        by_session: dict[str, list[Checkpoint]] = {}
+        for checkpoint in batch.checkpoints:
+            by_session.setdefault(checkpoint.session_id, []).append(checkpoint)
+        fields = {sid: _settable(values) for sid, values in batch.session_updates.items()}
+        ops: list[_Update] = []
+        for sid, checkpoints in by_session.items():
+            checkpoints.sort(key=lambda cp: cp.sequence_number)
+            first, last = checkpoints[0].sequence_number, checkpoints[-1].sequence_number
+            update: dict[str, Any] = {
+                "$push": {
+                    "checkpoints": {
+                        "$each": [cp.compact() for cp in checkpoints],
+                        "$slice": -embedded_keep,
+                    }
+                },
+                "$max": {"last_sequence_number": last},
+            }
+            if fields.get(sid):
+                update["$set"] = fields[sid]
+            ops.append((_not_yet_applied(sid, first), update))
+        ops.extend(
+            ({"_id": sid}, {"$set": values})
+            for sid, values in fields.items()
+            if values and sid not in by_session
+        )
+        if not ops:
+            return
+        matched = await self._run_updates("update sessions", ops)
+        if matched < len(ops):
+            # Some update matched nothing: a retry of an applied batch (the guard refused
+            # to push its checkpoints again) or a missing session document. The batch's
+            # $set fields must still land; repeating a $set is harmless.
+            again = [({"_id": sid}, {"$set": fields[sid]}) for sid in by_session if fields.get(sid)]
+            if again:
+                await self._run_updates("update sessions (retried batch)", again)
+
+    async def _run_updates(self, what: str, ops: list[_Update]) -> int:
+        """Apply ops in order, as one bulk_write when the driver can; return matched count."""
+        if await self._supports_bulk_updates():
+            requests = [UpdateOne(query, update) for query, update in ops]
+            result = await self._call(
+                what, lambda: self._sessions.bulk_write(requests, ordered=True)
+            )
+            return int(result.matched_count)
+        matched = 0
+        for query, update in ops:
+            result = await self._call(
+                what, lambda q=query, u=update: self._sessions.update_one(q, u)
+            )
+            matched += int(result.matched_count)
+        return matched
+
+    async def _supports_bulk_updates(self) -> bool:
+        """Probe once, lazily: mongomock's bulk_write raises TypeError on UpdateOne.
+
+        The probe is a real bulk_write whose only UpdateOne matches no document
+        (``_id`` = :data:`_BULK_PROBE_ID`, no upsert), so it changes nothing anywhere.
+        """
+        if self._bulk_updates is None:
+            probe = [UpdateOne({"_id": _BULK_PROBE_ID}, {"$set": {"probe": True}})]
+            try:
+                await self._call("probe bulk_write", lambda: self._sessions.bulk_write(probe))
+                self._bulk_updates = True
+            except TypeError:
+                self._bulk_updates = False
+            logger.info("session updates via bulk_write: %s", self._bulk_updates)
+        return self._bulk_updates
+
+
+def _not_yet_applied(session_id: str, first_sequence: int) -> dict[str, Any]:
+    """Filter matching the session document only if this batch's checkpoints are new."""
+    return {
+        "_id": session_id,
+        "$or": [
+            {"last_sequence_number": {"$lt": first_sequence}},
+            {"last_sequence_number": {"$exists": False}},
+        ],
+    }
+
+
+def _settable(fields: dict[str, Any]) -> dict[str, Any]:
+    dropped = MANAGED_SESSION_FIELDS.intersection(fields)
+    if dropped:
+        logger.warning("ignoring store-managed session fields in update: %s", sorted(dropped))
+    return {key: value for key, value in fields.items() if key not in MANAGED_SESSION_FIELDS}
+
+
+def _utc(value: Any) -> Any:
+    """Datetimes in a document as tz-aware UTC (drivers return naive UTC by default)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+    if isinstance(value, dict):
+        return {key: _utc(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_utc(item) for item in value]
+    return value

@@ -1,0 +1,206 @@
+"""EmbeddedDatabase against real SecantusDB processes (each stop costs about 2 s, so few)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymongo
+import pytest
+
+from domain import SessionId, new_id
+from errors import DatabaseUnavailableError, EmbeddedDatabaseError
+from storage.embedded import EmbeddedDatabase
+from storage.mongo import open_store
+from storage.records import LogEntry
+
+REPO = Path(__file__).resolve().parents[2]
+
+OWNER_SCRIPT = """
+import sys
+from pathlib import Path
+from storage.embedded import EmbeddedDatabase
+
+database = EmbeddedDatabase(Path(sys.argv[1]), stop_with_owner=sys.argv[2] == "1")
+print(database.start(), database.pid, flush=True)
+sys.stdin.read()  # run until the test closes our stdin (or kills us)
+database.stop()
+"""
+"""Another engine process: starts the database of a data directory and holds it."""
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll real state until ``condition`` holds (bounded; no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def entry(seq: int, sid: str) -> LogEntry:
+    return LogEntry(session_id=SessionId(sid), event_seq=seq, type="log", payload={"seq": seq})
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[EmbeddedDatabase]:
+    """An EmbeddedDatabase of its own (not started); stopped at teardown."""
+    db = EmbeddedDatabase(tmp_path / "db")
+    yield db
+    db.stop()
+
+
+@pytest.fixture
+def spawn_owner(tmp_path: Path) -> Iterator[Callable[[Path, bool], tuple[subprocess.Popen, str, int]]]:
+    """Start OWNER_SCRIPT processes; returns (process, uri, database pid). Cleans up both."""
+    owners: list[subprocess.Popen[str]] = []
+    pids: list[int] = []
+
+    def spawn(data_dir: Path, stop_with_owner: bool) -> tuple[subprocess.Popen, str, int]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", OWNER_SCRIPT, str(data_dir), "1" if stop_with_owner else "0"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        owners.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline().split()
+        assert len(line) == 2, f"owner process failed to start its database: {line}"
+        pids.append(int(line[1]))
+        return process, line[0], int(line[1])
+
+    yield spawn
+    for process in owners:
+        if process.poll() is None:
+            process.communicate(timeout=30)  # closes stdin: the owner stops its database
+        else:
+            process.communicate()
+    for pid in pids:  # a database orphaned on purpose by a test that then failed
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda pid=pid: not alive(pid), f"orphan {pid} exits")
+
+
+async def test_data_survives_a_clean_restart_and_clients_reconnect(database):
+    uri = database.start()
+    assert "retryWrites=false" in uri and "directConnection=true" in uri
+    assert "journal=true" in uri
+    state = json.loads(database.state_path.read_text())
+    assert state["pid"] == database.pid and state["port"] == database.port
+    store = open_store(uri, "restart", server_selection_timeout_ms=1000)
+    assert store._client.write_concern.document == {"w": 1, "j": True}
+    try:
+        sid = new_id()
+        await store.log_events([entry(1, sid)])
+        first_pid = database.pid
+
+        database.stop()
+        assert not alive(first_pid)
+        assert not database.state_path.exists()
+        with pytest.raises(DatabaseUnavailableError):
+            await store.ping()
+
+        assert database.start() == uri  # same port, so the open client reconnects
+        assert database.pid != first_pid
+        assert [e.event_seq for e in await store.list_logs(SessionId(sid))] == [1]
+    finally:
+        await store.close()
+
+
+async def test_journaled_writes_survive_kill_9_of_the_database(tmp_path):
+    with EmbeddedDatabase(tmp_path / "db") as database:
+        store = open_store(database.uri, "crash")
+        try:
+            sid = new_id()
+            for seq in range(1, 201):  # each acknowledged on its own, with j: true
+                await store.log_events([entry(seq, sid)])
+            killed = database.pid
+            assert killed is not None
+            os.kill(killed, signal.SIGKILL)
+            wait_until(lambda: not alive(killed), "the killed database is gone")
+
+            database.start()
+            assert database.pid != killed
+            logs = await store.list_logs(SessionId(sid), limit=1000)
+            assert [e.event_seq for e in logs] == list(range(1, 201))
+        finally:
+            await store.close()
+
+
+def test_adopts_a_live_server_and_stops_it_only_once_inherited(tmp_path, spawn_owner):
+    data_dir = tmp_path / "db"
+    owner, uri, pid = spawn_owner(data_dir, False)
+
+    shared = EmbeddedDatabase(data_dir)
+    assert shared.start() == uri
+    assert shared.adopted and shared.pid == pid
+    shared.stop()  # its owner is alive: the server is theirs, so it keeps running
+    assert alive(pid)
+
+    owner.kill()
+    owner.wait()
+    assert alive(pid)  # started without stop_with_owner: an orphan now
+    heir = EmbeddedDatabase(data_dir)
+    assert heir.start() == uri
+    assert heir.adopted and heir.pid == pid
+    assert json.loads(heir.state_path.read_text())["owner_pid"] == os.getpid()
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+        client.admin.command("ping")
+    heir.stop()  # inherited: stopped at our clean shutdown
+    assert not alive(pid)
+    assert not heir.state_path.exists()
+
+
+def test_killing_the_owner_stops_its_database_and_a_restart_waits_for_it(tmp_path, spawn_owner):
+    data_dir = tmp_path / "db"
+    owner, uri, pid = spawn_owner(data_dir, True)
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+        client.survivors.items.insert_one({"_id": "kept"})
+
+    owner.kill()  # like kill -9 of the engine: PR_SET_PDEATHSIG sends the server SIGTERM
+    owner.wait()
+    restarted = EmbeddedDatabase(data_dir)
+    try:
+        restarted.start()  # must wait for the exiting server (WiredTiger lock), not adopt it
+        assert not restarted.adopted
+        assert restarted.pid != pid
+        assert not alive(pid)
+        with pymongo.MongoClient(restarted.uri, serverSelectionTimeoutMS=5000) as client:
+            assert client.survivors.items.find_one({"_id": "kept"}) == {"_id": "kept"}
+    finally:
+        restarted.stop()
+
+
+def test_start_fails_clearly_when_the_storage_path_is_unusable(tmp_path):
+    data_dir = tmp_path / "db"
+    data_dir.mkdir()
+    (data_dir / "wiredtiger").write_text("not a directory")
+    database = EmbeddedDatabase(data_dir)
+    with pytest.raises(EmbeddedDatabaseError) as caught:
+        database.start()
+    assert "exited with code" in caught.value.message
+    assert "File exists" in caught.value.message  # the tail of the server's log
+    assert database.pid is None
+    assert not database.state_path.exists()
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(EmbeddedDatabaseError, match="cannot use data directory"):
+        EmbeddedDatabase(blocked / "db").start()

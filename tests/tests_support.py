@@ -1,0 +1,73 @@
+"""Helpers shared by tests: event recorder, sample manuscripts."""
+
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+
+from actors.engine import Engine
+from pipeline.manuscripts import Chapter, Manuscript
+from storage.records import LogEntry
+
+FINAL = {"completed", "failed", "paused", "cancelled"}
+
+
+class EventRecorder:
+    """Records every event an engine publishes and lets a test await one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.events: dict[str, list[LogEntry]] = defaultdict(list)
+        self._waiters: list[tuple[str, Callable[[LogEntry], bool], asyncio.Future[LogEntry]]] = []
+        engine.hub.subscribe(None, self._on_event)
+
+    def _on_event(self, entry: LogEntry) -> None:
+        self.events[entry.session_id].append(entry)
+        for waiter in list(self._waiters):
+            sid, predicate, future = waiter
+            if sid == entry.session_id and predicate(entry) and not future.done():
+                future.set_result(entry)
+                self._waiters.remove(waiter)
+
+    async def wait_for(self, sid: str, predicate: Callable[[LogEntry], bool], timeout: float = 60) -> LogEntry:
+        """The first event (already seen or future) of ``sid`` matching ``predicate``."""
+        for entry in self.events[sid]:
+            if predicate(entry):
+                return entry
+        future: asyncio.Future[LogEntry] = asyncio.get_running_loop().create_future()
+        self._waiters.append((sid, predicate, future))
+        return await asyncio.wait_for(future, timeout)
+
+    async def wait_final(self, sid: str, after_seq: int = 0, timeout: float = 60) -> str:
+        """Wait for the session's next final status after event ``after_seq``."""
+        entry = await self.wait_for(sid, lambda e: e.event_seq > after_seq and final_status(e) is not None, timeout)
+        status = final_status(entry)
+        assert status is not None
+        return status
+
+
+def final_status(entry: LogEntry) -> str | None:
+    """The final status an event announces, if any."""
+    if entry.type == "complete":
+        return "completed"
+    if entry.type == "error":
+        return "failed"
+    if entry.type == "status" and entry.payload.get("status") in FINAL:
+        return str(entry.payload["status"])
+    return None
+
+
+def make_manuscript(chapters: int = 3) -> Manuscript:
+    """A small manuscript with emotional text in every chapter."""
+    body = (
+        "The storm broke over the dark castle and Mara screamed in terror. "
+        "Later, in the quiet garden, she laughed with joy and hope beside Tomas. "
+        "A strange shadow moved in the forest; the mystery deepened and fear returned. "
+        "At dawn the sea was calm and peaceful, and they felt a gentle warmth. "
+    )
+    return Manuscript(
+        title="The Test of Time",
+        author="Tester",
+        chapters=tuple(Chapter(number=n, title=f"Part {n}", content=body * (2 + n)) for n in range(1, chapters + 1)),
+    )
