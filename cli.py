@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument("--max-moments", type=int, default=None, help="emotional moments per chapter (1-20)")
     process.add_argument("--new", action="store_true", help="start over instead of resuming")
     process.add_argument("--quiet", action="store_true", help="no progress bar")
+    process.add_argument(
+        "--events-jsonl", type=Path, metavar="PATH",
+        help="append every session event (sent only once durable) to PATH as JSON lines",
+    )
     process.set_defaults(handler=_process)
 
     sessions = commands.add_parser("sessions", help="inspect stored sessions")
@@ -135,7 +139,7 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
             print(f"Resuming session {sid} from {where}, {state.last_checkpoint_type or 'not started'} "
                   f"({len(state.processed_chapters)}/{state.total_chapters or len(manuscript.chapters)} chapters done)",
                   flush=True)
-            _follow(engine, sid, finished, quiet=args.quiet)
+            _follow(engine, sid, finished, quiet=args.quiet, events_path=args.events_jsonl)
             await engine.resume_session(sid)
         else:
             style = {"art_style": args.style}
@@ -146,7 +150,7 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
             )
             sid = started["session_id"]
             print(f"Started session {sid}: '{manuscript.title}', {len(manuscript.chapters)} chapters", flush=True)
-            _follow(engine, sid, finished, quiet=args.quiet)
+            _follow(engine, sid, finished, quiet=args.quiet, events_path=args.events_jsonl)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(_pause(engine, sid)))
@@ -168,10 +172,17 @@ async def _pause(engine: Any, sid: str) -> None:
         logger.debug("pause: %s", exc)
 
 
-def _follow(engine: Any, sid: str, finished: asyncio.Future[str], *, quiet: bool) -> None:
+def _follow(
+    engine: Any, sid: str, finished: asyncio.Future[str], *, quiet: bool, events_path: Path | None = None
+) -> None:
+    events_file = events_path.open("a", encoding="utf-8") if events_path is not None else None
+
     def on_event(entry: Any) -> None:
         frame = entry.to_frame()
         kind = frame["type"]
+        if events_file is not None:
+            events_file.write(json.dumps(frame) + "\n")
+            events_file.flush()
         if kind == "progress" and not quiet:
             done = int(frame["progress"] / 2.5)
             bar = "#" * done + "-" * (40 - done)

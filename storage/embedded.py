@@ -205,9 +205,19 @@ class EmbeddedDatabase:
             logger.warning("ignoring malformed %s", self.state_path)
             return False
         deadline = time.monotonic() + self._start_timeout
+        exit_grace_ends = time.monotonic() + min(self._stop_timeout, 5.0)
+        killed = False
         while self._is_our_server(pid):
             owner_alive = owner not in (0, os.getpid()) and _is_alive(owner)
             exiting = stops_with_owner and not owner_alive
+            if exiting and not killed and time.monotonic() > exit_grace_ends:
+                # SecantusDB 0.7 can deadlock in its SIGTERM handler when two signals
+                # arrive close together (Event.set re-entered under its own lock). Every
+                # acknowledged write is journaled (j: true), so SIGKILL loses nothing.
+                logger.warning("orphaned SecantusDB pid %d did not exit after SIGTERM; killing it", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed = True
             if not exiting and _answers_ping(host, port):
                 self._pid, self._port, self.host, self.adopted = pid, port, host, True
                 self._owned = not owner_alive
