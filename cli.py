@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from aiohttp import web
 
     from web.app import create_app
@@ -136,7 +135,7 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
             state = await engine.load_state(sid)
             where = f"chapter {state.current_chapter}" if state.current_chapter else (
                 f"chapter {state.last_completed_chapter + 1}" if state.processed_chapters else "the start")
-            print(f"Resuming session {sid} from {where}, {state.last_checkpoint_type or 'not started'} "
+            print(f"Resuming session {sid} from {where}, {state.last_work_checkpoint or 'not started'} "
                   f"({len(state.processed_chapters)}/{state.total_chapters or len(manuscript.chapters)} chapters done)",
                   flush=True)
             _follow(engine, sid, finished, quiet=args.quiet, events_path=args.events_jsonl)
@@ -155,6 +154,8 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(_pause(engine, sid)))
         status = await finished
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         print(f"\nSession {sid} {status}.", flush=True)
         if status == "paused":
             print("Run the same command again to resume.")
@@ -165,6 +166,8 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _pause(engine: Any, sid: str) -> None:
+    if engine.supervisor is None:  # already shutting down
+        return
     print("\nPausing at the next step boundary...", file=sys.stderr, flush=True)
     try:
         await engine.pause_session(sid)
@@ -211,7 +214,9 @@ def _read_manuscript(path: Path) -> tuple[Any, str]:
         except json.JSONDecodeError as exc:
             raise IllustratorError(f"{path} is not valid JSON: {exc}") from exc
     else:
-        manuscript = parse_manuscript_text(decode_upload(raw), title=path.stem.replace("_", " ").title())
+        manuscript = parse_manuscript_text(decode_upload(raw))
+        if not manuscript.title or manuscript.title == "Untitled":
+            manuscript = replace(manuscript, title=path.stem.replace("_", " ").title())
     digest = hashlib.sha256(raw).hexdigest()
     manuscript_id = str(uuid.uuid5(MANUSCRIPT_NAMESPACE, f"{path.resolve()}:{digest}"))
     return manuscript, manuscript_id

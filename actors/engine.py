@@ -241,12 +241,39 @@ class Engine:
         return await self._control(session_id, "cancel")
 
     async def _control(self, session_id: str, action: str) -> dict[str, Any]:
-        assert self.supervisor is not None, "engine not started"
+        if self.supervisor is None:
+            raise ConflictError("the engine is not running")
         sid = valid_session_id(session_id)
         reply = Reply.for_loop()
         self.supervisor.tell(ControlSession(sid, action, reply))
         result: dict[str, Any] = await reply.wait(30)
         return result
+
+    async def cancel_stopped_session(self, session_id: str) -> dict[str, Any]:
+        """Cancel a session that is not live (paused, failed, interrupted): it can never resume.
+
+        A live session is cancelled through its actor instead (:meth:`cancel_session`).
+        """
+        sid = valid_session_id(session_id)
+        if self.hub.snapshot(sid) is not None:
+            return await self.cancel_session(sid)
+        state = await self.load_state(sid)
+        if state.status.is_terminal or state.phase == Phase.DONE:
+            raise ConflictError(f"session {sid} is {state.status} and cannot be cancelled")
+        state.status = SessionStatus.CANCELLED
+        assert self.persistence is not None, "engine not started"
+        self.persistence.tell(
+            CheckpointReached(
+                session_id=state.session_id,
+                checkpoint=None,
+                session_fields=state.session_fields(),
+                session_file=state.session_file(),
+                new_session=state.session_document() if state.last_sequence_number == 0 else None,
+            )
+        )
+        await self.flush()
+        logger.info("session %s cancelled while %s", sid, "stopped")
+        return state.snapshot()
 
     def live_snapshot(self, session_id: str) -> dict[str, Any] | None:
         """The live snapshot of a running or queued session (memory only, no I/O)."""

@@ -91,9 +91,9 @@ class SessionActor(pykka.ThreadingActor):
         state.error_message = None
         if self.resumed:
             where = (
-                f"chapter {state.current_chapter}, {state.last_checkpoint_type}"
+                f"chapter {state.current_chapter}, {state.last_work_checkpoint}"
                 if state.current_chapter
-                else str(state.last_checkpoint_type or "the start")
+                else str(state.last_work_checkpoint or "the start")
             )
             logger.info("Resuming session %s from %s", state.session_id, where)
             self._emit_log("info", f"Resuming from {where} (checkpoint {state.last_sequence_number})")

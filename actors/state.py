@@ -77,6 +77,8 @@ class SessionState:
     last_sequence_number: int = 0
     last_event_seq: int = 0
     last_checkpoint_type: CheckpointType | None = None
+    last_work_checkpoint: CheckpointType | None = None
+    """The last milestone of real work (not a pause or an error): where a resume stands."""
     error_message: str | None = None
     started_at: datetime = field(default_factory=utcnow)
     paused_at: datetime | None = None
@@ -88,6 +90,8 @@ class SessionState:
         """Advance the state by one checkpoint (live, or replayed on resume)."""
         self.last_sequence_number = cp.sequence_number
         self.last_checkpoint_type = cp.checkpoint_type
+        if cp.checkpoint_type not in (CheckpointType.SESSION_PAUSED, CheckpointType.ERROR_OCCURRED):
+            self.last_work_checkpoint = cp.checkpoint_type
         state = cp.processing_state
         self.last_event_seq = max(self.last_event_seq, int(state.get("last_event_seq", 0)))
         data = cp.checkpoint_data

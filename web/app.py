@@ -9,27 +9,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from actors.engine import Engine
 from config import Config
+from pipeline.providers import Providers
 from storage.database import open_database
-from web.keys import CONFIG_KEY, DATABASE_KEY, ENGINE_KEY
+from web import metrics, openapi, routes_manuscripts, routes_processing, routes_sessions, websocket
+from web.keys import CONFIG_KEY, DATABASE_KEY, ENGINE_KEY, PROVIDERS_KEY, START_LOCK_KEY, WEBSOCKETS_KEY
+from web.middlewares import auth_middleware, error_middleware
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "illustrator-session-engine"
+MAX_REQUEST_LINE = 32 * 1024
 
 
-def create_app(config: Config) -> web.Application:
-    """Build the application; resources start when it starts."""
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+def create_app(config: Config, *, providers: Providers | None = None) -> web.Application:
+    """Build the application; resources start when it starts.
+
+    Args:
+        config: the server's configuration.
+        providers: analysis/prompt/image providers (default: built from ``config``; tests
+            pass recording or gated ones).
+    """
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[error_middleware, auth_middleware],
+        # Long request lines reach the app, so an absurd id gets a JSON 422, not a parser 400.
+        handler_args={"max_line_size": MAX_REQUEST_LINE},
+    )
     app[CONFIG_KEY] = config
+    app[PROVIDERS_KEY] = providers
+    app[WEBSOCKETS_KEY] = weakref.WeakSet()
+    app[START_LOCK_KEY] = asyncio.Lock()
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)
+    # Shutdown closes the sockets first (GOING_AWAY); cleanup_ctx then stops sessions and the database.
+    app.on_shutdown.append(websocket.close_websockets)
     app.router.add_get("/health", health)
+    # Order matters: the literal /api/process/status/... and /resume/... paths come before
+    # /api/process/{session_id}/..., and /api/sessions/active before /api/sessions/{id}.
+    for module in (routes_processing, routes_sessions, routes_manuscripts, websocket, metrics, openapi):
+        app.router.add_routes(module.routes)
     return app
 
 
@@ -44,7 +69,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     handle = app[DATABASE_KEY]
-    engine = Engine(config, handle.store_factory(config))
+    engine = Engine(config, handle.store_factory(config), providers=app[PROVIDERS_KEY])
     await engine.start()
     app[ENGINE_KEY] = engine
     recovered = await engine.recover()

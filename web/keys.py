@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 from aiohttp import web
 
 from actors.engine import Engine
 from config import Config
+from pipeline.providers import Providers
 from storage.database import DatabaseHandle
 
 CONFIG_KEY = web.AppKey("config", Config)
 DATABASE_KEY = web.AppKey("database", DatabaseHandle)
 ENGINE_KEY = web.AppKey("engine", Engine)
+WEBSOCKETS_KEY = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
+"""Every open WebSocket, closed with GOING_AWAY at shutdown."""
+START_LOCK_KEY = web.AppKey("start_lock", asyncio.Lock)
+"""Serialises session starts, so one manuscript never gets two live sessions by a race."""
+PROVIDERS_KEY = web.AppKey("providers", Providers | None)
+"""Providers injected by ``create_app`` (None: built from the config)."""

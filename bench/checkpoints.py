@@ -1,0 +1,558 @@
+"""Benchmark: checkpoint throughput and acknowledgement latency of the whole engine.
+
+For each concurrency level (``--sessions 1,100,1000``) it starts a fresh embedded
+SecantusDB and a fresh :class:`Engine` with *instant* providers (fixed moments, a fixed
+prompt, a pre-rendered 16 px PNG written atomically), saves one manuscript, starts N
+sessions at once and waits, event-driven through the EventHub, until all N announced
+``complete`` (or failed, or the timeout passed). It then prints, per level:
+
+- checkpoints persisted (acknowledged by the PersistenceActor) and the number expected;
+- wall seconds (first ``start_session`` call to last ``complete`` event) and checkpoints/s;
+- ack latency p50/p99/max in ms (``persistence_stats()["ack_latency_samples_ms"]``, which
+  keeps the last 20,000 samples: above that the percentiles cover only the tail of the run);
+- batches, mean batch size (messages per commit, checkpoints per commit) and largest batch;
+- time spent writing files and the database per batch, event-loop lag, peak thread count;
+
+and a final table. Every warning or error the engine logs is counted and the first few
+are printed with their source location and traceback.
+
+Run: ``.venv/bin/python bench/checkpoints.py [--sessions 1,100,1000] [--chapters 2]
+[--moments 2] [--output-dir PATH] [--timeout S] [--no-image-fsync] [--json FILE]``.
+
+The default output directory is a fresh temporary folder (removed afterwards unless
+``--keep``); it must be on a real disk, not tmpfs, or every fsync is free. The
+configuration comes from the defaults plus ``ILLUSTRATOR_*`` environment overrides
+(e.g. ``ILLUSTRATOR_PERSISTENCE_FSYNC=false``); output directory and
+``max_concurrent_sessions`` are set by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from actors.engine import Engine  # noqa: E402
+from actors.messages import CheckpointReached, GetPersistenceStats  # noqa: E402
+from actors.persistence import PersistenceActor  # noqa: E402
+from config import Config, config_from_mapping  # noqa: E402
+from pipeline.analysis import EmotionalMoment  # noqa: E402
+from pipeline.images import LocalImageGenerator, write_file_atomically  # noqa: E402
+from pipeline.manuscripts import Chapter, Manuscript  # noqa: E402
+from pipeline.prompts import IllustrationPrompt  # noqa: E402
+from pipeline.providers import Providers  # noqa: E402
+from storage.database import open_database  # noqa: E402
+
+SAMPLE_CAP = 20_000
+"""``PersistenceStats.ack_latency_samples`` keeps this many samples."""
+
+
+# --------------------------------------------------------------------------- instant providers
+
+
+class InstantAnalyzer:
+    """Returns the same ``count`` moments (valid positions in the chapter) at once."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._cache: dict[tuple[int, int], list[EmotionalMoment]] = {}
+
+    def analyze(self, chapter: Chapter, max_moments: int) -> list[EmotionalMoment]:
+        n = max(1, min(self.count, max_moments))
+        key = (chapter.number, n)
+        found = self._cache.get(key)
+        if found is None:
+            found = [self._moment(chapter, i) for i in range(n)]
+            self._cache[key] = found  # a race only builds the same list twice
+        return list(found)
+
+    @staticmethod
+    def _moment(chapter: Chapter, i: int) -> EmotionalMoment:
+        length = len(chapter.content)
+        start = min(length, i * 40)
+        end = min(length, start + 40)
+        return EmotionalMoment(
+            text_excerpt=chapter.content[start:end],
+            start_position=start,
+            end_position=end,
+            emotional_tones=("joy", "hope") if i % 2 == 0 else ("fear", "mystery"),
+            intensity_score=0.5,
+            context=chapter.content[start:end],
+            characters_present=("Mara",),
+            setting_description="a castle",
+            narrative_context="bench",
+        )
+
+
+class InstantPromptWriter:
+    """Returns one fixed prompt."""
+
+    PROMPT = IllustrationPrompt(
+        provider="local",
+        prompt="a quiet harbour at dawn, watercolour",
+        style_modifiers=("watercolour",),
+        negative_prompt="text",
+        technical_params={"width": 16, "height": 16},
+    )
+
+    def write(self, moment: EmotionalMoment, chapter: Chapter, style_config: Any) -> IllustrationPrompt:
+        return self.PROMPT
+
+
+class InstantImageGenerator:
+    """Writes a PNG rendered once at start-up; atomically (fsync file and folder) by default."""
+
+    def __init__(self, fsync: bool = True) -> None:
+        moment = InstantAnalyzer._moment(Chapter(number=1, title="x", content="x" * 80), 0)
+        self.png = LocalImageGenerator(16).render(InstantPromptWriter.PROMPT, moment)
+        self.fsync = fsync
+
+    def generate(self, prompt: IllustrationPrompt, moment: EmotionalMoment, destination: Path) -> None:
+        destination = Path(destination)
+        if self.fsync:
+            write_file_atomically(destination, self.png)
+            return
+        temp = destination.with_name(f".{destination.name}.{threading.get_ident()}.tmp")
+        temp.write_bytes(self.png)
+        os.replace(temp, destination)
+
+
+def instant_providers(moments: int, image_fsync: bool) -> Providers:
+    """Providers that cost (almost) nothing but the image file write."""
+    return Providers(InstantAnalyzer(moments), InstantPromptWriter(), InstantImageGenerator(image_fsync))
+
+
+# --------------------------------------------------------------------------- counting persistence
+
+
+class CountingPersistenceActor(PersistenceActor):
+    """The real PersistenceActor, plus exact batch sizes and time per commit phase.
+
+    Its extra counters are added to the ``GetPersistenceStats`` answer under ``bench_*``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bench = {
+            "bench_messages": 0,
+            "bench_checkpoint_messages": 0,
+            "bench_batches_with_checkpoints": 0,
+            "bench_files_seconds": 0.0,
+            "bench_db_seconds": 0.0,
+            "bench_commit_seconds": 0.0,
+        }
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, GetPersistenceStats):
+            message.reply.set_result({**self.stats.as_dict(), **self.bench})
+            return None
+        return super().on_receive(message)
+
+    def _commit(self) -> None:
+        if self._pending:
+            checkpoints = sum(1 for m in self._pending if isinstance(m, CheckpointReached) and m.checkpoint is not None)
+            self.bench["bench_messages"] += len(self._pending)
+            self.bench["bench_checkpoint_messages"] += checkpoints
+            self.bench["bench_batches_with_checkpoints"] += 1 if checkpoints else 0
+        started = time.perf_counter()
+        super()._commit()
+        self.bench["bench_commit_seconds"] += time.perf_counter() - started
+
+    def _write_files(self, checkpoints: list[CheckpointReached]) -> str | None:
+        started = time.perf_counter()
+        try:
+            return super()._write_files(checkpoints)
+        finally:
+            self.bench["bench_files_seconds"] += time.perf_counter() - started
+
+    def _drain_backlog(self) -> None:
+        started = time.perf_counter()
+        try:
+            super()._drain_backlog()
+        finally:
+            self.bench["bench_db_seconds"] += time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- log capture
+
+
+class LogCapture(logging.Handler):
+    """Counts WARNING+ records and keeps the first few distinct ones with their origin."""
+
+    def __init__(self, keep: int = 8) -> None:
+        super().__init__(logging.WARNING)
+        self.keep = keep
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.first: list[str] = []
+        self._seen: set[tuple[str, int]] = set()
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock2:
+            self.counts[record.levelname] += 1
+            key = (record.pathname, record.lineno)
+            if key in self._seen or len(self.first) >= self.keep:
+                return
+            self._seen.add(key)
+            text = f"{record.levelname} {record.name} ({record.pathname}:{record.lineno}): {record.getMessage()}"
+            if record.exc_info:
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            self.first.append(text)
+
+    def reset(self) -> None:
+        with self._lock2:
+            self.counts.clear()
+            self.first.clear()
+            self._seen.clear()
+
+
+# --------------------------------------------------------------------------- one level
+
+
+def make_manuscript(chapters: int) -> Manuscript:
+    """A small manuscript (the same text as tests.tests_support.make_manuscript)."""
+    body = (
+        "The storm broke over the dark castle and Mara screamed in terror. "
+        "Later, in the quiet garden, she laughed with joy and hope beside Tomas. "
+        "A strange shadow moved in the forest; the mystery deepened and fear returned. "
+        "At dawn the sea was calm and peaceful, and they felt a gentle warmth. "
+    )
+    return Manuscript(
+        title="The Bench of Time",
+        author="Bench",
+        chapters=tuple(Chapter(number=n, title=f"Part {n}", content=body * (2 + n)) for n in range(1, chapters + 1)),
+    )
+
+
+def checkpoints_per_session(chapters: int, moments: int) -> int:
+    """session_start, manuscript_loaded, per chapter (start, analyzed, prompts, M images,
+    completed), session_completed."""
+    return 2 + chapters * (4 + moments) + 1
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+def thread_summary(limit: int = 12) -> str:
+    """Threads grouped by their innermost project/library frame (for stall reports)."""
+    groups: collections.Counter[str] = collections.Counter()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        stack = traceback.extract_stack(frame)
+        where = next(
+            (f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack) if "/work/main/" in f.filename
+             and "/.venv/" not in f.filename),
+            f"{Path(stack[-1].filename).name}:{stack[-1].lineno} {stack[-1].name}" if stack else "?",
+        )
+        kind = names.get(ident, "?").split("-")[0]
+        groups[f"{kind:<18} {where}"] += 1
+    return "\n".join(f"    {n:5d} x {k}" for k, n in groups.most_common(limit))
+
+
+async def run_level(
+    config: Config, store_factory: Any, sessions: int, args: argparse.Namespace, capture: LogCapture
+) -> dict[str, Any]:
+    """Run ``sessions`` concurrent sessions on a fresh engine; return the figures."""
+    per_session = checkpoints_per_session(args.chapters, args.moments)
+    engine = Engine(
+        config,
+        store_factory,
+        providers=instant_providers(args.moments, not args.no_image_fsync),
+        persistence_class=CountingPersistenceActor,
+    )
+    await engine.start()
+    if not engine.database_ok:
+        print("  WARNING: database not reachable at start-up; running on files only", flush=True)
+
+    completed: set[str] = set()
+    failed: dict[str, str] = {}
+    all_done = asyncio.Event()
+    last_event_at = [time.perf_counter()]
+
+    def on_event(entry: Any) -> None:
+        last_event_at[0] = time.perf_counter()
+        if entry.type == "complete":
+            completed.add(entry.session_id)
+        elif entry.type == "error" or (
+            entry.type == "status" and entry.payload.get("status") in ("failed", "paused", "cancelled")
+        ):
+            failed.setdefault(entry.session_id, f"{entry.type}: {entry.payload}")
+        else:
+            return
+        if len(completed) + len(failed) >= sessions:
+            all_done.set()
+
+    unsubscribe = engine.hub.subscribe(None, on_event)
+    mid = await engine.save_manuscript(make_manuscript(args.chapters))
+
+    lags: list[float] = []
+    peak_threads = [threading.active_count()]
+    stop_probe = asyncio.Event()
+
+    async def probe() -> None:
+        interval = 0.01
+        while not stop_probe.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(interval)
+            lags.append((time.perf_counter() - before - interval) * 1000)
+            peak_threads[0] = max(peak_threads[0], threading.active_count())
+
+    probe_task = asyncio.create_task(probe())
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(engine.start_session(mid, max_emotional_moments=args.moments) for _ in range(sessions)),
+        return_exceptions=True,
+    )
+    submitted = time.perf_counter()
+    start_errors = [r for r in results if isinstance(r, BaseException)]
+    expected_final = sessions - len(start_errors)
+    if start_errors:
+        first = start_errors[0]
+        print(f"  {len(start_errors)} start_session calls failed; first:", flush=True)
+        print("".join(traceback.format_exception(first)).rstrip(), flush=True)
+    if len(completed) + len(failed) >= expected_final:
+        all_done.set()
+    if expected_final != sessions:
+        # Wait only for the sessions that did start.
+        async def watch() -> None:
+            while len(completed) + len(failed) < expected_final:
+                await asyncio.sleep(0.05)
+            all_done.set()
+
+        asyncio.create_task(watch())
+
+    timeout = args.timeout if args.timeout else max(120.0, 0.6 * sessions)
+    timed_out = False
+    try:
+        await asyncio.wait_for(all_done.wait(), timeout)
+    except TimeoutError:
+        timed_out = True
+    finished = time.perf_counter()
+    stop_probe.set()
+    await probe_task
+
+    if timed_out:
+        idle = finished - last_event_at[0]
+        print(
+            f"  TIMEOUT after {timeout:.0f}s: {len(completed)} completed, {len(failed)} failed of {expected_final};"
+            f" last event {idle:.1f}s ago; {threading.active_count()} threads",
+            flush=True,
+        )
+        phases = collections.Counter(
+            f"{s.get('status')}/{s.get('current_step', s.get('phase', '?'))}" for s in engine.hub.snapshots()
+        )
+        print(f"  live snapshots: {dict(phases.most_common(8))}", flush=True)
+        print("  threads by innermost frame:\n" + thread_summary(), flush=True)
+
+    stats = await engine.persistence_stats()
+    backlog_left = await engine.flush()
+    stop_started = time.perf_counter()
+    unsubscribe()
+    await engine.stop()
+    stop_seconds = time.perf_counter() - stop_started
+
+    samples = list(stats["ack_latency_samples_ms"])
+    wall = finished - started
+    batches = stats["batches"] or 1
+    return {
+        "sessions": sessions,
+        "completed": len(completed),
+        "failed": len(failed),
+        "failed_examples": list(failed.items())[:3],
+        "start_errors": len(start_errors),
+        "timed_out": timed_out,
+        "checkpoints": stats["checkpoints"],
+        "checkpoints_expected": sessions * per_session,
+        "wall_seconds": wall,
+        "submit_seconds": submitted - started,
+        "checkpoints_per_second": stats["checkpoints"] / wall if wall > 0 else float("nan"),
+        "ack_samples": len(samples),
+        "ack_samples_truncated": stats["checkpoints"] > SAMPLE_CAP,
+        "ack_p50_ms": percentile(samples, 0.50),
+        "ack_p99_ms": percentile(samples, 0.99),
+        "ack_max_ms": max(samples) if samples else float("nan"),
+        "ack_mean_all_ms": stats["ack_latency_sum_ms"] / max(1, sum(stats["ack_latency_counts"])),
+        "batches": stats["batches"],
+        "mean_batch_messages": stats["bench_messages"] / batches,
+        "mean_batch_checkpoints": stats["bench_checkpoint_messages"]
+        / max(1, stats["bench_batches_with_checkpoints"]),
+        "largest_batch": stats["largest_batch"],
+        "batch_size_counts": stats["batch_size_counts"],
+        "events": stats["events"],
+        "files_written": stats["files_written"],
+        "db_batches": stats["db_batches"],
+        "db_failures": stats["db_failures"],
+        "backlog_left": backlog_left,
+        "files_ms_per_batch": 1000 * stats["bench_files_seconds"] / batches,
+        "db_ms_per_batch": 1000 * stats["bench_db_seconds"] / batches,
+        "commit_busy_share": stats["bench_commit_seconds"] / wall if wall > 0 else float("nan"),
+        "loop_lag_p99_ms": percentile(lags, 0.99),
+        "loop_lag_max_ms": max(lags) if lags else float("nan"),
+        "peak_threads": peak_threads[0],
+        "engine_stop_seconds": stop_seconds,
+        "log_counts": dict(capture.counts),
+        "log_first": list(capture.first),
+    }
+
+
+def run_one(sessions: int, base: Path, args: argparse.Namespace, capture: LogCapture) -> dict[str, Any]:
+    """Fresh database + engine for one level (the database is started on the main thread)."""
+    out = base / f"sessions_{sessions}"
+    if out.exists():
+        shutil.rmtree(out)
+    config = config_from_mapping(
+        {
+            "output": {"directory": str(out)},
+            "processing": {"max_concurrent_sessions": max(sessions, 1), "auto_resume": False},
+        },
+        env=os.environ,
+    )
+    capture.reset()
+    db_started = time.perf_counter()
+    handle = open_database(config)
+    db_seconds = time.perf_counter() - db_started
+    try:
+        result = asyncio.run(run_level(config, handle.store_factory(config), sessions, args, capture))
+    finally:
+        stop_started = time.perf_counter()
+        handle.stop()
+        db_stop = time.perf_counter() - stop_started
+    result.update(db_start_seconds=db_seconds, db_stop_seconds=db_stop, database=handle.kind)
+    return result
+
+
+def print_level(r: dict[str, Any]) -> None:
+    trunc = f" (last {SAMPLE_CAP} of {r['checkpoints']})" if r["ack_samples_truncated"] else ""
+    print(
+        f"  sessions {r['sessions']}: completed {r['completed']}, failed {r['failed']},"
+        f" start errors {r['start_errors']}{', TIMED OUT' if r['timed_out'] else ''}\n"
+        f"  checkpoints persisted {r['checkpoints']} (expected {r['checkpoints_expected']}),"
+        f" events {r['events']}, files {r['files_written']}\n"
+        f"  wall {r['wall_seconds']:.2f}s (submitting {r['submit_seconds']:.2f}s),"
+        f" {r['checkpoints_per_second']:.0f} checkpoints/s\n"
+        f"  ack latency p50 {r['ack_p50_ms']:.2f} ms, p99 {r['ack_p99_ms']:.2f} ms,"
+        f" max {r['ack_max_ms']:.2f} ms{trunc}\n"
+        f"  batches {r['batches']}, mean {r['mean_batch_messages']:.1f} messages"
+        f" ({r['mean_batch_checkpoints']:.1f} checkpoints per batch holding any), largest {r['largest_batch']}\n"
+        f"  per batch: files {r['files_ms_per_batch']:.2f} ms, database {r['db_ms_per_batch']:.2f} ms;"
+        f" persistence busy {100 * r['commit_busy_share']:.0f}% of wall; db batches {r['db_batches']},"
+        f" db failures {r['db_failures']}, backlog left {r['backlog_left']}\n"
+        f"  loop lag p99 {r['loop_lag_p99_ms']:.1f} ms, max {r['loop_lag_max_ms']:.1f} ms;"
+        f" peak threads {r['peak_threads']}; engine stop {r['engine_stop_seconds']:.2f}s,"
+        f" db start {r['db_start_seconds']:.2f}s / stop {r['db_stop_seconds']:.2f}s",
+        flush=True,
+    )
+    if r["failed_examples"]:
+        print(f"  failed sessions (first): {r['failed_examples']}", flush=True)
+    if r["log_counts"]:
+        print(f"  engine log records: {r['log_counts']}", flush=True)
+        for text in r["log_first"]:
+            print("    " + text.replace("\n", "\n    "), flush=True)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'sessions':>8} {'ckpts':>7} {'wall s':>8} {'ckpt/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'batches':>8} {'msg/b':>7} {'ckpt/b':>7} {'largest':>7} {'ok':>6} {'warn/err':>8}"
+    )
+    print("\n" + header)
+    print("-" * len(header))
+    for r in rows:
+        problems = sum(r["log_counts"].values())
+        print(
+            f"{r['sessions']:>8} {r['checkpoints']:>7} {r['wall_seconds']:>8.2f} {r['checkpoints_per_second']:>8.0f}"
+            f" {r['ack_p50_ms']:>8.2f} {r['ack_p99_ms']:>8.2f} {r['batches']:>8} {r['mean_batch_messages']:>7.1f}"
+            f" {r['mean_batch_checkpoints']:>7.1f} {r['largest_batch']:>7} {r['completed']:>6} {problems:>8}"
+        )
+    print(
+        "\nckpts: checkpoints acknowledged; msg/b: messages (checkpoints + event batches) per commit;"
+        " ckpt/b: checkpoints per commit holding any; ok: sessions completed."
+    )
+
+
+def filesystem_of(path: Path) -> str:
+    """``type (device on mount)`` of the mount holding ``path``."""
+    best = ("", "unknown", "?")
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                device, mount, fstype = line.split()[:3]
+                if str(path).startswith(mount) and len(mount) >= len(best[0]):
+                    best = (mount, fstype, device)
+    except OSError:
+        pass
+    return f"{best[1]} ({best[2]} on {best[0]})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", default="1,100,1000", help="comma-separated concurrency levels")
+    parser.add_argument("--chapters", type=int, default=2)
+    parser.add_argument("--moments", type=int, default=2, help="moments (images) per chapter, 1..20")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: a new temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary output folder")
+    parser.add_argument("--timeout", type=float, default=0, help="seconds per level (default max(120, 0.6*N))")
+    parser.add_argument("--no-image-fsync", action="store_true", help="write images without fsync")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--verbose", action="store_true", help="show the engine's INFO logs")
+    args = parser.parse_args()
+    levels = [int(s) for s in args.sessions.split(",") if s.strip()]
+    if not 1 <= args.moments <= 20 or args.chapters < 1 or any(n < 1 for n in levels):
+        parser.error("need --moments in 1..20, --chapters >= 1 and sessions >= 1")
+
+    capture = LogCapture()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().addHandler(capture)
+
+    temporary = args.output_dir is None
+    base = Path(tempfile.mkdtemp(prefix="illustrator-bench-")) if temporary else args.output_dir.resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    probe_config = config_from_mapping({"output": {"directory": str(base)}}, env=os.environ)
+    print(
+        f"output {base} on {filesystem_of(base)}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}\n"
+        f"{args.chapters} chapters x {args.moments} moments = "
+        f"{checkpoints_per_session(args.chapters, args.moments)} checkpoints per session;"
+        f" image fsync {'off' if args.no_image_fsync else 'on'}\n"
+        f"persistence {asdict(probe_config.persistence)}\n"
+        f"mongodb driver {probe_config.mongodb.driver}, uri {probe_config.mongodb.uri or '(embedded)'}",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    try:
+        for sessions in levels:
+            print(f"\n== {sessions} concurrent sessions", flush=True)
+            result = run_one(sessions, base, args, capture)
+            print_level(result)
+            rows.append(result)
+    finally:
+        if rows:
+            print_table(rows)
+        if args.json is not None:
+            args.json.write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
+        if temporary and not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    bad = any(r["timed_out"] or r["failed"] or r["start_errors"] or r["completed"] < r["sessions"] for r in rows)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""WebSockets: ``/ws/processing/{session_id}`` (every event of one session, with replay)
+and ``/ws/gallery/{manuscript_id}`` (new images and progress of a manuscript's sessions).
+
+Each socket has a bounded queue and one writer task; hub listeners (on the loop thread)
+only enqueue, so a slow client never slows the engine. A client that falls further
+behind than the queue holds gets a ``resync`` frame (with the last event it was sent)
+and is closed, so it reconnects with ``?after=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from actors.engine import Engine
+from domain import SessionId, manuscript_id, session_id
+from errors import DatabaseUnavailableError
+from storage.records import LogEntry
+from web.keys import CONFIG_KEY, ENGINE_KEY, WEBSOCKETS_KEY
+from web.responses import dumps, query_int
+from web.sessions import find_session
+
+logger = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+REPLAY_PAGE = 500
+
+
+class Subscriber:
+    """One socket's outgoing side: a bounded queue drained by one writer task."""
+
+    def __init__(self, ws: web.WebSocketResponse, size: int) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=size)
+        self.overflowed = False
+        self.last_sent = 0
+        self.unsubscribe: Any = None
+
+    def offer(self, frame: dict[str, Any]) -> None:
+        """Enqueue a frame (loop thread); on overflow stop live delivery for good."""
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            if self.unsubscribe is not None:
+                self.unsubscribe()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_str(dumps(frame))
+        seq = frame.get("event_seq")
+        if isinstance(seq, int):
+            self.last_sent = seq
+
+    async def write_loop(self) -> None:
+        """Send queued frames; after an overflow, send ``resync`` and close."""
+        try:
+            while True:
+                if self.overflowed and self.queue.empty():
+                    await self.send({"type": "resync", "after": self.last_sent,
+                                     "message": "too far behind; reconnect with ?after="})
+                    await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"resync")
+                    return
+                await self.send(await self.queue.get())
+        except (ConnectionResetError, asyncio.CancelledError):
+            return
+
+
+def check_origin(request: web.Request) -> None:
+    """Browsers send Origin: it must be allowed (or the same host); none = non-browser client."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    allowed = request.app[CONFIG_KEY].server.allowed_origins
+    if allowed:
+        if origin in allowed or "*" in allowed:
+            return
+    elif urlsplit(origin).netloc == request.host:
+        return
+    raise web.HTTPForbidden(reason="origin not allowed")
+
+
+async def _open(request: web.Request) -> web.WebSocketResponse:
+    config = request.app[CONFIG_KEY].server
+    ws = web.WebSocketResponse(heartbeat=config.heartbeat_seconds, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    request.app[WEBSOCKETS_KEY].add(ws)
+    return ws
+
+
+async def _read_until_closed(ws: web.WebSocketResponse) -> None:
+    """Only the handler task reads; clients have nothing to say but may ping."""
+    async for message in ws:
+        if message.type == WSMsgType.TEXT and message.data == "ping":
+            await ws.send_str('{"type": "pong"}')
+
+
+async def _replay(engine: Engine, sid: SessionId, after: int, sub: Subscriber) -> int:
+    """Send stored events after ``after`` directly (before the writer starts); return the last seq."""
+    last = after
+    if engine.store is None:
+        return last
+    await engine.flush()  # events published before we subscribed must be readable now
+    while True:
+        try:
+            entries = await engine.store.list_logs(sid, after_event_seq=last, limit=REPLAY_PAGE)
+        except DatabaseUnavailableError:
+            await sub.send({"type": "error", "error": "event history unavailable (database down)"})
+            return last
+        for entry in entries:
+            await sub.send(entry.to_frame())
+            last = entry.event_seq
+        if len(entries) < REPLAY_PAGE:
+            return last
+
+
+@routes.get("/ws/processing/{session_id}")
+async def processing_socket(request: web.Request) -> web.StreamResponse:
+    """Snapshot, then (``?after=``) missed events, then live events: no gap, no duplicate."""
+    engine = request.app[ENGINE_KEY]
+    sid = session_id(request.match_info["session_id"])
+    after = query_int(request, "after", -1, 0, 2**62) if request.query.get("after") else None
+    check_origin(request)
+    view = await find_session(engine, sid)  # 404 before the upgrade
+    ws = await _open(request)
+    sub = Subscriber(ws, request.app[CONFIG_KEY].server.websocket_queue_size)
+    buffered: list[LogEntry] = []
+    replaying = True
+
+    def on_event(entry: LogEntry) -> None:
+        if replaying:
+            buffered.append(entry)
+        else:
+            sub.offer(entry.to_frame())
+
+    # Subscribe BEFORE reading storage: whatever is published meanwhile is buffered.
+    sub.unsubscribe = engine.hub.subscribe(sid, on_event)
+    writer: asyncio.Task[None] | None = None
+    try:
+        live = engine.live_snapshot(sid)
+        snapshot = live if live is not None else view
+        await sub.send({
+            "type": "snapshot",
+            "session_id": sid,
+            "status": snapshot.get("status"),
+            "progress": snapshot.get("progress", 0),
+            "step_status": snapshot.get("step_status", {}),
+            "current_chapter": snapshot.get("current_chapter"),
+            "total_chapters": snapshot.get("total_chapters", 0),
+            "images_generated": snapshot.get("images_generated", 0),
+            "last_event_seq": snapshot.get("last_event_seq", 0),
+        })
+        last = await _replay(engine, sid, after, sub) if after is not None else -1
+        for entry in buffered:
+            if entry.event_seq > last:
+                sub.offer(entry.to_frame())
+        buffered.clear()
+        replaying = False
+        writer = asyncio.create_task(sub.write_loop())
+        await _read_until_closed(ws)
+    finally:
+        sub.unsubscribe()
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        await ws.close()
+    return ws
+
+
+GALLERY_TYPES = {"image": "new_image", "progress": "processing_progress", "complete": "processing_complete"}
+
+
+@routes.get("/ws/gallery/{manuscript_id}")
+async def gallery_socket(request: web.Request) -> web.StreamResponse:
+    """New images, progress and completion of every session of one manuscript."""
+    engine = request.app[ENGINE_KEY]
+    mid = manuscript_id(request.match_info["manuscript_id"])
+    check_origin(request)
+    await engine.load_manuscript(mid)  # 404 before the upgrade
+    ws = await _open(request)
+    sub = Subscriber(ws, request.app[CONFIG_KEY].server.websocket_queue_size)
+    ours: set[str] = {s["session_id"] for s in engine.hub.snapshots() if s.get("manuscript_id") == mid}
+
+    def on_event(entry: LogEntry) -> None:
+        kind = GALLERY_TYPES.get(entry.type)
+        if entry.session_id not in ours:
+            snapshot = engine.live_snapshot(entry.session_id)
+            if snapshot is None or snapshot.get("manuscript_id") != mid:
+                return
+            ours.add(entry.session_id)
+        if kind is not None:
+            sub.offer({**entry.to_frame(), "type": kind, "manuscript_id": mid})
+
+    sub.unsubscribe = engine.hub.subscribe(None, on_event)
+    sub.offer({"type": "snapshot", "manuscript_id": mid, "live_sessions": sorted(ours)})
+    writer = asyncio.create_task(sub.write_loop())
+    try:
+        await _read_until_closed(ws)
+    finally:
+        sub.unsubscribe()
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await ws.close()
+    return ws
+
+
+async def close_websockets(app: web.Application) -> None:
+    """``on_shutdown``: close every open socket with GOING_AWAY."""
+    sockets = list(app[WEBSOCKETS_KEY])
+    if sockets:
+        logger.info("closing %d websockets", len(sockets))
+    await asyncio.gather(
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),
+        return_exceptions=True,
+    )
+
