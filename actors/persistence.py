@@ -121,8 +121,8 @@ class PersistenceActor(pykka.ThreadingActor):
         self.stats = PersistenceStats()
         self._pending: list[CheckpointReached | EventsEmitted] = []
         self._backlog: deque[_DatabaseWork] = deque()
-        self._retry_delay = 0.05
-        self._retry_timer: threading.Timer | None = None
+        self._probe: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._log_counts: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store: SessionStore | None = None
@@ -138,14 +138,14 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._commit()
-        self._drain_backlog()
+        if not self.stats.breaker_open:
+            self._drain_backlog()
         if self._backlog:
             logger.warning(
                 "persistence stopping with %d database records not yet written; the files hold them",
                 sum(len(w) for w in self._backlog),
             )
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
+        self._stopping.set()
         if self._store is not None and self._loop is not None:
             try:
                 self._loop.run_until_complete(self._store.close())
@@ -168,7 +168,6 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._drain_backlog()
                 reply.set_result(sum(len(w) for w in self._backlog))
             case RetryBacklog():
-                self._retry_timer = None
                 self._drain_backlog()
             case GetPersistenceStats(reply=reply):
                 reply.set_result(self.stats.as_dict())
@@ -278,7 +277,6 @@ class PersistenceActor(pykka.ThreadingActor):
             if self.stats.breaker_open:
                 logger.info("database reachable again; backlog draining (%d batches left)", len(self._backlog))
             self.stats.breaker_open = False
-            self._retry_delay = 0.05
         self.stats.backlog_batches = len(self._backlog)
         self.stats.backlog_records = sum(len(w) for w in self._backlog)
 
@@ -295,13 +293,35 @@ class PersistenceActor(pykka.ThreadingActor):
         if not self.stats.breaker_open:
             logger.warning("database unavailable (%s); files stay the durable record", exc)
         self.stats.breaker_open = True
-        if self._retry_timer is None:
-            # Exponential backoff up to 2 s: a dead database is not hammered.
-            delay = self._retry_delay
-            self._retry_delay = min(2.0, self._retry_delay * 2)
-            self._retry_timer = threading.Timer(delay, _tell_quietly, args=(self.actor_ref, RetryBacklog()))
-            self._retry_timer.daemon = True
-            self._retry_timer.start()
+        if self._probe is None or not self._probe.is_alive():
+            # Half-open probing runs on its own thread with its own client, so a dead
+            # database (each attempt waits out serverSelectionTimeoutMS) never stalls the
+            # acknowledgements; only a successful ping brings the backlog back here.
+            self._probe = threading.Thread(target=self._probe_database, name="database-probe", daemon=True)
+            self._probe.start()
+
+    def _probe_database(self) -> None:
+        assert self.store_factory is not None
+        factory = self.store_factory
+
+        async def ping() -> None:
+            store = await resolve_store(factory())
+            try:
+                await store.ping()
+            finally:
+                if store is not self._store:  # a shared in-memory store stays open
+                    await store.close()
+
+        delay = 0.05
+        while not self._stopping.wait(delay):
+            try:
+                asyncio.run(ping())
+            except Exception as exc:  # noqa: BLE001 - still down: back off, up to 2 s
+                logger.debug("database probe failed: %s", exc)
+                delay = min(2.0, delay * 2)
+                continue
+            _tell_quietly(self.actor_ref, RetryBacklog())
+            return
 
 
 def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
