@@ -40,12 +40,19 @@ from domain import (
     new_id,
     session_id as valid_session_id,
 )
-from errors import ConflictError, DatabaseUnavailableError, NotFoundError, ValidationError
+from errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    IllustratorError,
+    NotFoundError,
+    ValidationError,
+)
 from pipeline.manuscripts import Manuscript
 from pipeline.providers import Providers, build_providers
 from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore
+from storage.reconcile import ReconcileReport, try_reconcile
 from storage.records import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -75,6 +82,7 @@ class Engine:
         self.persistence: pykka.ActorRef[Any] | None = None
         self.supervisor: pykka.ActorRef[Any] | None = None
         self.database_ok = False
+        self.last_reconcile: ReconcileReport | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -89,6 +97,8 @@ class Engine:
                 self.database_ok = True
             except DatabaseUnavailableError as exc:
                 logger.warning("database unavailable at start-up (%s); running on files", exc)
+            if self.database_ok:
+                await self._reconcile()
         processing = self.config.processing
         self.persistence = self.persistence_class.start(self.files, self.store_factory, self.config.persistence)
         self.supervisor = SessionSupervisor.start(
@@ -105,6 +115,42 @@ class Engine:
                 ),
             ),
         )
+
+    async def _reconcile(self) -> None:
+        """Level the files and the database before anything runs (see storage.reconcile)."""
+        assert self.store is not None
+        report = await try_reconcile(
+            self.store,
+            self.files,
+            lambda base, checkpoints: SessionState.rebuild(base, checkpoints).describe(),
+            embedded_keep=self.config.persistence.embedded_checkpoints,
+        )
+        if report is not None and (report.checkpoints_to_database or report.checkpoints_to_files):
+            logger.info(
+                "reconciled %d sessions: %d checkpoints to the database, %d to the files",
+                report.sessions_checked, report.checkpoints_to_database, report.checkpoints_to_files,
+            )
+        self.last_reconcile = report
+        await self._reconcile_manuscripts()
+
+    async def _reconcile_manuscripts(self) -> None:
+        assert self.store is not None
+        folder = self.output_dir / "manuscripts"
+        paths = await asyncio.to_thread(lambda: sorted(folder.glob("*.json")))
+        for path in paths:
+            try:
+                mid = valid_manuscript_id(path.stem)
+            except IllustratorError:
+                logger.warning("ignoring foreign file %s", path)
+                continue
+            try:
+                if await self.store.get_manuscript(mid) is None:
+                    document = await asyncio.to_thread(self.files.load_json, path)
+                    document.pop("format_version", None)
+                    await self.store.create_manuscript(document)
+                    logger.info("reconcile: manuscript %s copied from its file to the database", mid)
+            except IllustratorError as exc:
+                logger.warning("reconcile: manuscript file %s skipped: %s", path, exc)
 
     def _prepare_files(self) -> None:
         self.files.ensure_layout()

@@ -28,7 +28,7 @@ from actors.messages import (
     SessionFinished,
 )
 from actors.state import NEXT_ACTION, Phase, SessionState
-from domain import CheckpointType, ProcessingStep, SessionStatus, utcnow
+from domain import CheckpointType, ProcessingStep, SessionStatus, isoformat, utcnow
 from pipeline.analysis import EmotionalMoment
 from pipeline.images import image_filename
 from pipeline.manuscripts import Chapter, Manuscript
@@ -170,7 +170,19 @@ class SessionActor(pykka.ThreadingActor):
         state = self.state
         match state.phase:
             case Phase.START:
-                self._checkpoint(CheckpointType.SESSION_START, ProcessingStep.INITIALIZING)
+                # The basics travel in the first checkpoint, so its file alone can rebuild the session.
+                self._checkpoint(
+                    CheckpointType.SESSION_START,
+                    ProcessingStep.INITIALIZING,
+                    data={
+                        "manuscript_id": state.manuscript_id,
+                        "external_session_id": state.external_session_id,
+                        "style_config": state.style_config,
+                        "max_emotional_moments": state.max_emotional_moments,
+                        "start_from_chapter": state.start_from_chapter,
+                        "started_at": isoformat(state.started_at),
+                    },
+                )
             case Phase.LOAD:
                 self._load_manuscript()
             case Phase.CHAPTER_START:

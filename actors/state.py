@@ -133,6 +133,10 @@ class SessionState:
             case CheckpointType.ERROR_OCCURRED:
                 self.error_message = str(data.get("error", "")) or self.error_message
 
+    def describe(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(session ``$set`` fields, session file, full new document) of this state."""
+        return self.session_fields(), self.session_file(), self.session_document()
+
     @classmethod
     def rebuild(cls, session_doc: dict[str, Any], checkpoints: Iterable[Checkpoint]) -> SessionState:
         """Fold stored checkpoints (in sequence order) onto a session document's basics."""
@@ -145,6 +149,11 @@ class SessionState:
             start_from_chapter=int(session_doc.get("start_from_chapter") or 1),
         )
         started = session_doc.get("started_at")
+        if isinstance(started, str):
+            try:
+                started = datetime.fromisoformat(started)
+            except ValueError:
+                started = None
         if isinstance(started, datetime):
             state.started_at = started
         for cp in checkpoints:

@@ -1,0 +1,164 @@
+"""Start-up reconciliation of the JSON files with the database.
+
+After an outage the files may be ahead of the database (checkpoints acknowledged on
+fsync alone); after files were deleted the database may be ahead of the files. For every
+session this brings the lagging side up to date. Checkpoints are immutable and keyed by
+``(session_id, sequence_number)``, so "catching up" is copying what one side lacks; when
+both sides hold a different record under the same sequence number, the side whose
+session reaches the higher sequence number wins. Every decision is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain import SessionId
+from errors import DatabaseUnavailableError
+from storage.base import SessionStore
+from storage.files import FileStore
+from storage.records import Checkpoint, ImageRecord, PersistBatch
+
+logger = logging.getLogger(__name__)
+
+SessionDescriber = Callable[[dict[str, Any], list[Checkpoint]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]
+"""``(base document, checkpoints) -> (session $set fields, session file, full new document)``."""
+
+
+@dataclass
+class ReconcileReport:
+    """What reconciliation found and did."""
+
+    sessions_checked: int = 0
+    checkpoints_to_database: int = 0
+    checkpoints_to_files: int = 0
+    sessions_created_in_database: int = 0
+    session_files_rewritten: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+
+    def decide(self, message: str, *args: Any) -> None:
+        """Log and keep one decision."""
+        text = message % args
+        logger.info("reconcile: %s", text)
+        self.decisions.append(text)
+
+
+async def reconcile(
+    store: SessionStore,
+    files: FileStore,
+    describe: SessionDescriber,
+    *,
+    embedded_keep: int = 16,
+) -> ReconcileReport:
+    """Bring the files and the database level with each other (see module docstring)."""
+    report = ReconcileReport()
+    scan = await asyncio.to_thread(files.scan)
+    db_documents = {d["session_id"]: d for d in await store.list_sessions(limit=1_000_000)}
+    session_ids = set(scan.sessions) | set(scan.checkpoints) | set(db_documents)
+    for sid in sorted(session_ids):
+        report.sessions_checked += 1
+        await _reconcile_session(
+            store,
+            files,
+            describe,
+            SessionId(sid),
+            file_document=scan.sessions.get(sid),
+            file_checkpoints=scan.checkpoints.get(sid, []),
+            db_document=db_documents.get(sid),
+            report=report,
+            embedded_keep=embedded_keep,
+        )
+    return report
+
+
+async def _reconcile_session(
+    store: SessionStore,
+    files: FileStore,
+    describe: SessionDescriber,
+    sid: SessionId,
+    *,
+    file_document: dict[str, Any] | None,
+    file_checkpoints: list[Checkpoint],
+    db_document: dict[str, Any] | None,
+    report: ReconcileReport,
+    embedded_keep: int,
+) -> None:
+    db_checkpoints = await store.list_checkpoints(sid) if db_document is not None else []
+    in_files = {cp.sequence_number: cp for cp in file_checkpoints}
+    in_db = {cp.sequence_number: cp for cp in db_checkpoints}
+    file_last = max(in_files, default=0)
+    db_last = max(in_db, default=0)
+    files_win = file_last >= db_last
+
+    merged: dict[int, Checkpoint] = {}
+    for seq in sorted(set(in_files) | set(in_db)):
+        here, there = in_files.get(seq), in_db.get(seq)
+        if here is not None and there is not None and here.to_json() != there.to_json():
+            winner = here if files_win else there
+            text = (
+                f"session {sid} checkpoint {seq} differs; the "
+                f"{'files' if files_win else 'database'} reach the higher sequence "
+                f"({max(file_last, db_last)}) and win"
+            )
+            report.conflicts.append(text)
+            report.decide("%s", text)
+            merged[seq] = winner
+        else:
+            merged[seq] = here or there  # type: ignore[assignment]
+    ordered = [merged[seq] for seq in sorted(merged)]
+
+    # The session record of the side that reached the higher sequence number wins.
+    base = (file_document if files_win else db_document) or file_document or db_document
+    if base is None:
+        # Only checkpoint files survive: rebuild the facts they carry.
+        base = await asyncio.to_thread(files.load_session_state, sid)
+        if base is None or "manuscript_id" not in base:
+            report.decide("session %s has checkpoints but no session record; left for an operator", sid)
+            return
+    fields, session_file, full_document = describe(base, ordered)
+
+    missing_in_db = [cp for cp in ordered if cp.sequence_number not in in_db]
+    if db_document is None:
+        report.decide("session %s is missing from the database; created from the files", sid)
+        await store.create_session(full_document)
+        report.sessions_created_in_database += 1
+    if missing_in_db or (db_document is not None and file_last > db_last):
+        images = [ImageRecord.from_document(cp.checkpoint_data["image"]) for cp in missing_in_db if "image" in cp.checkpoint_data]
+        await store.write_batch(
+            PersistBatch(checkpoints=missing_in_db, session_updates={sid: fields}, images=images),
+            embedded_keep,
+        )
+        report.checkpoints_to_database += len(missing_in_db)
+        report.decide("session %s: %d checkpoints copied from the files to the database", sid, len(missing_in_db))
+
+    missing_in_files = [cp for cp in ordered if cp.sequence_number not in in_files]
+    stale_file = file_document is None or int(file_document.get("last_sequence_number") or 0) < (ordered[-1].sequence_number if ordered else 0)
+    items = [files.checkpoint_entry(cp) for cp in missing_in_files]
+    if stale_file:
+        items.append(files.session_file_entry(sid, session_file))
+    if items:
+        await asyncio.to_thread(files.write_many, items)
+        report.checkpoints_to_files += len(missing_in_files)
+        if stale_file:
+            report.session_files_rewritten += 1
+        report.decide(
+            "session %s: %d checkpoints copied from the database to the files%s",
+            sid, len(missing_in_files), ", session file rewritten" if stale_file else "",
+        )
+
+
+async def try_reconcile(
+    store: SessionStore | None, files: FileStore, describe: SessionDescriber, *, embedded_keep: int = 16
+) -> ReconcileReport | None:
+    """Reconcile unless the database is unreachable (then start-up goes on degraded)."""
+    if store is None:
+        return None
+    try:
+        return await reconcile(store, files, describe, embedded_keep=embedded_keep)
+    except DatabaseUnavailableError as exc:
+        logger.warning("reconciliation skipped: database unavailable (%s)", exc)
+        return None

@@ -1,0 +1,134 @@
+"""Start-up reconciliation: the lagging side (files or database) is brought up to date."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.engine import Engine
+from actors.messages import CheckpointReached, PauseSession
+from actors.persistence import PersistenceActor
+from config import config_from_mapping
+from pipeline.providers import RecordingProviders
+from storage.mongo import open_store
+from tests_support import EventRecorder, make_manuscript
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def store_maker(backend: str, request: pytest.FixtureRequest) -> Any:
+    """A function giving a store factory for a database name."""
+    uri = request.getfixturevalue("embedded_db_uri") if backend == "secantus" else ""
+    made: dict[str, Any] = {}
+
+    def for_database(name: str) -> Any:
+        if backend == "mongomock":
+            made.setdefault(name, open_store("mongodb://unused", name, driver="mongomock"))
+            return lambda: made[name]
+        return lambda: open_store(uri, name)
+
+    return for_database
+
+
+async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
+    config = config_from_mapping(
+        {"output": {"directory": str(out)}, "processing": {"auto_resume": False}, "providers": {"image_size": 32}},
+        env={},
+    )
+    engine = Engine(config, factory, providers=RecordingProviders(), **kwargs)
+    await engine.start()
+    return engine
+
+
+async def run_one(engine: Engine) -> str:
+    recorder = EventRecorder(engine)
+    mid = await engine.save_manuscript(make_manuscript(2))
+    sid = (await engine.start_session(mid, max_emotional_moments=2))["session_id"]
+    await recorder.wait_final(sid)
+    await engine.flush()
+    return str(sid)
+
+
+async def test_files_ahead_of_an_empty_database_fill_it(tmp_path: Path, backend: str, request) -> None:
+    databases = store_maker(backend, request)
+    first = await start_engine(tmp_path / "out", databases(f"a{uuid.uuid4().hex[:8]}"))
+    sid = await run_one(first)
+    expected = [cp.to_json() for cp in await first.store.list_checkpoints(sid)]
+    images = [i.to_json() for i in await first.store.list_images(sid)]
+    await first.stop()
+
+    # Same files, a database that never saw them (as after an outage of the whole run).
+    second = await start_engine(tmp_path / "out", databases(f"b{uuid.uuid4().hex[:8]}"))
+    try:
+        assert second.last_reconcile is not None
+        assert second.last_reconcile.checkpoints_to_database == len(expected)
+        assert second.last_reconcile.sessions_created_in_database == 1
+        assert [cp.to_json() for cp in await second.store.list_checkpoints(sid)] == expected
+        assert [i.to_json() for i in await second.store.list_images(sid)] == images
+        document = await second.store.get_session(sid)
+        assert document["status"] == "completed"
+        assert document["last_sequence_number"] == len(expected)
+        assert await second.store.get_manuscript(document["manuscript_id"]) is not None
+    finally:
+        await second.stop()
+
+
+async def test_deleted_files_are_rewritten_from_the_database(tmp_path: Path, backend: str, request) -> None:
+    databases = store_maker(backend, request)
+    name = f"c{uuid.uuid4().hex[:8]}"
+    first = await start_engine(tmp_path / "out", databases(name))
+    sid = await run_one(first)
+    expected = [cp.to_json() for cp in await first.store.list_checkpoints(sid)]
+    await first.stop()
+    shutil.rmtree(tmp_path / "out" / "sessions")
+
+    second = await start_engine(tmp_path / "out", databases(name))
+    try:
+        assert second.last_reconcile is not None
+        assert second.last_reconcile.checkpoints_to_files == len(expected)
+        assert [cp.to_json() for cp in second.files.load_checkpoints(sid)] == expected
+        session_file = second.files.load_session_file(sid)
+        assert session_file["status"] == "completed"
+        assert session_file["last_sequence_number"] == len(expected)
+    finally:
+        await second.stop()
+
+
+class PauseAtFive(PersistenceActor):
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, CheckpointReached) and message.checkpoint and message.checkpoint.sequence_number == 5:
+            message.reply_to.tell(PauseSession())
+        return super().on_receive(message)
+
+
+async def test_the_side_with_the_higher_sequence_wins_the_session_record(tmp_path: Path, backend: str, request) -> None:
+    databases = store_maker(backend, request)
+    stale_name, fresh_name = f"d{uuid.uuid4().hex[:8]}", f"e{uuid.uuid4().hex[:8]}"
+    # The stale database saw the session only up to its pause (checkpoint 6).
+    first = await start_engine(tmp_path / "stale", databases(stale_name), persistence_class=PauseAtFive)
+    sid = await run_one(first)
+    await first.stop()
+    # The files of a later run (resumed to completion) are ahead of it.
+    for item in ("sessions", "manuscripts", "generated_images"):
+        shutil.copytree(tmp_path / "stale" / item, tmp_path / "ahead" / item)
+    second = await start_engine(tmp_path / "ahead", databases(fresh_name))
+    recorder = EventRecorder(second)
+    await second.resume_session(sid)
+    await recorder.wait_final(sid)
+    await second.flush()
+    total = len(await second.store.list_checkpoints(sid))
+    await second.stop()
+
+    third = await start_engine(tmp_path / "ahead", databases(stale_name))
+    try:
+        document = await third.store.get_session(sid)
+        assert document["status"] == "completed", "the files reach the higher sequence and win"
+        assert document["last_sequence_number"] == total
+        assert [cp.sequence_number for cp in await third.store.list_checkpoints(sid)] == list(range(1, total + 1))
+        assert any("copied from the files" in d for d in third.last_reconcile.decisions)
+    finally:
+        await third.stop()
