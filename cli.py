@@ -78,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     listing = sessions_commands.add_parser("list", help="sessions with status and progress")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_sessions_list)
+    dump = sessions_commands.add_parser("dump", help="write a session's recovery bundle")
+    dump.add_argument("session_id")
+    dump.add_argument("--output", type=Path, help="also copy the bundle to this path")
+    dump.set_defaults(handler=_sessions_dump)
+    restore = sessions_commands.add_parser("restore", help="import a recovery bundle (it can then resume)")
+    restore.add_argument("bundle", type=Path)
+    restore.set_defaults(handler=_sessions_restore)
+    check = sessions_commands.add_parser(
+        "verify", help="check every session: gap-free sequences, files = database, images = records"
+    )
+    check.set_defaults(handler=_sessions_verify)
     return parser
 
 
@@ -269,3 +280,59 @@ async def _sessions_list_async(config: Config, args: argparse.Namespace) -> int:
         print(f"{d['session_id']:36}  {d.get('status', '?'):11}  {d.get('progress_percent', 0):>7}%  "
               f"{chapters:>8}  {d.get('total_images_generated', 0):>6}  {str(d.get('started_at', ''))[:19]}")
     return 0
+
+
+def _with_engine(config: Config, work: Any) -> int:
+    """Run ``await work(engine)`` with an engine whose actors run no session."""
+
+    async def run() -> int:
+        from actors.engine import Engine
+        from storage.database import open_database
+
+        handle = await asyncio.to_thread(open_database, config)
+        engine = Engine(config, handle.store_factory(config))
+        try:
+            await engine.start()
+            return int(await work(engine))
+        finally:
+            await engine.stop()
+            await asyncio.to_thread(handle.stop)
+
+    return asyncio.run(run())
+
+
+def _sessions_dump(config: Config, args: argparse.Namespace) -> int:
+    async def work(engine: Any) -> int:
+        path = await engine.dump_session(args.session_id)
+        if args.output is not None:
+            import shutil
+
+            shutil.copyfile(path, args.output)
+            path = args.output
+        print(path)
+        return 0
+
+    return _with_engine(config, work)
+
+
+def _sessions_restore(config: Config, args: argparse.Namespace) -> int:
+    async def work(engine: Any) -> int:
+        sid = await engine.restore_bundle(args.bundle)
+        state = await engine.load_state(sid)
+        print(f"Restored session {sid}: {state.status}, checkpoint {state.last_sequence_number}, "
+              f"{len(state.processed_chapters)}/{state.total_chapters} chapters done.")
+        if state.status.value in ("paused", "failed", "interrupted"):
+            print(f"Resume it with: curl -X POST http://{config.server.host}:{config.server.port}"
+                  f"/api/process/resume/{sid}")
+        return 0
+
+    return _with_engine(config, work)
+
+
+def _sessions_verify(config: Config, args: argparse.Namespace) -> int:
+    async def work(engine: Any) -> int:
+        report = await engine.verify()
+        print(report.render())
+        return 0 if report.ok else 1
+
+    return _with_engine(config, work)

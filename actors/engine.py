@@ -25,6 +25,7 @@ from actors.messages import (
     StartSession,
     StopAllSessions,
 )
+from actors.operations import OperatorCommands
 from actors.persistence import PersistenceActor
 from actors.reply import Reply
 from actors.session import SessionSettings
@@ -36,8 +37,12 @@ from domain import (
     ManuscriptId,
     SessionId,
     SessionStatus,
-    manuscript_id as valid_manuscript_id,
     new_id,
+)
+from domain import (
+    manuscript_id as valid_manuscript_id,
+)
+from domain import (
     session_id as valid_session_id,
 )
 from errors import (
@@ -60,7 +65,7 @@ logger = logging.getLogger(__name__)
 LIVE_STATUSES = ("pending", "queued", "running")
 
 
-class Engine:
+class Engine(OperatorCommands):
     """Everything a server or CLI needs to run sessions."""
 
     def __init__(
@@ -83,12 +88,14 @@ class Engine:
         self.supervisor: pykka.ActorRef[Any] | None = None
         self.database_ok = False
         self.last_reconcile: ReconcileReport | None = None
+        self._bundle_tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the stores and start the actors (database trouble only degrades)."""
         self.hub = EventHub(asyncio.get_running_loop())
+        self.hub.subscribe(None, self._bundle_on_stop)
         await asyncio.to_thread(self._prepare_files)
         if self.store_factory is not None:
             self.store = await resolve_store(self.store_factory())
@@ -169,6 +176,8 @@ class Engine:
             except TimeoutError:
                 logger.warning("sessions did not pause within %.0fs", pause_timeout)
         await self.flush()
+        if self._bundle_tasks:
+            await asyncio.gather(*self._bundle_tasks, return_exceptions=True)
         for ref in (self.supervisor, self.persistence):
             if ref is not None:
                 await asyncio.to_thread(_stop_actor, ref)

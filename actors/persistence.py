@@ -152,7 +152,7 @@ class PersistenceActor(pykka.ThreadingActor):
             except Exception:  # noqa: BLE001 - closing a dead client must not block shutdown
                 logger.debug("closing the store failed", exc_info=True)
         if self._loop is not None:
-            self._loop.close()
+            _close_loop(self._loop)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         logger.error("persistence actor crashed", exc_info=(exception_type, exception_value, traceback))
@@ -322,6 +322,20 @@ class PersistenceActor(pykka.ThreadingActor):
                 continue
             _tell_quietly(self.actor_ref, RetryBacklog())
             return
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a private loop as ``asyncio.run`` does: cancel and drain what the driver left."""
+    try:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
 
 
 def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -109,7 +109,9 @@ class InstantPromptWriter:
         technical_params={"width": 16, "height": 16},
     )
 
-    def write(self, moment: EmotionalMoment, chapter: Chapter, style_config: Any) -> IllustrationPrompt:
+    def write(
+        self, moment: EmotionalMoment, chapter: Chapter, style_config: Any
+    ) -> IllustrationPrompt:
         return self.PROMPT
 
 
@@ -121,7 +123,9 @@ class InstantImageGenerator:
         self.png = LocalImageGenerator(16).render(InstantPromptWriter.PROMPT, moment)
         self.fsync = fsync
 
-    def generate(self, prompt: IllustrationPrompt, moment: EmotionalMoment, destination: Path) -> None:
+    def generate(
+        self, prompt: IllustrationPrompt, moment: EmotionalMoment, destination: Path
+    ) -> None:
         destination = Path(destination)
         if self.fsync:
             write_file_atomically(destination, self.png)
@@ -133,7 +137,9 @@ class InstantImageGenerator:
 
 def instant_providers(moments: int, image_fsync: bool) -> Providers:
     """Providers that cost (almost) nothing but the image file write."""
-    return Providers(InstantAnalyzer(moments), InstantPromptWriter(), InstantImageGenerator(image_fsync))
+    return Providers(
+        InstantAnalyzer(moments), InstantPromptWriter(), InstantImageGenerator(image_fsync)
+    )
 
 
 # --------------------------------------------------------------------------- counting persistence
@@ -164,7 +170,11 @@ class CountingPersistenceActor(PersistenceActor):
 
     def _commit(self) -> None:
         if self._pending:
-            checkpoints = sum(1 for m in self._pending if isinstance(m, CheckpointReached) and m.checkpoint is not None)
+            checkpoints = sum(
+                1
+                for m in self._pending
+                if isinstance(m, CheckpointReached) and m.checkpoint is not None
+            )
             self.bench["bench_messages"] += len(self._pending)
             self.bench["bench_checkpoint_messages"] += checkpoints
             self.bench["bench_batches_with_checkpoints"] += 1 if checkpoints else 0
@@ -208,7 +218,8 @@ class LogCapture(logging.Handler):
             if key in self._seen or len(self.first) >= self.keep:
                 return
             self._seen.add(key)
-            text = f"{record.levelname} {record.name} ({record.pathname}:{record.lineno}): {record.getMessage()}"
+            where = f"{record.pathname}:{record.lineno}"
+            text = f"{record.levelname} {record.name} ({where}): {record.getMessage()}"
             if record.exc_info:
                 text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
             self.first.append(text)
@@ -234,7 +245,10 @@ def make_manuscript(chapters: int) -> Manuscript:
     return Manuscript(
         title="The Bench of Time",
         author="Bench",
-        chapters=tuple(Chapter(number=n, title=f"Part {n}", content=body * (2 + n)) for n in range(1, chapters + 1)),
+        chapters=tuple(
+            Chapter(number=n, title=f"Part {n}", content=body * (2 + n))
+            for n in range(1, chapters + 1)
+        ),
     )
 
 
@@ -259,9 +273,14 @@ def thread_summary(limit: int = 12) -> str:
     for ident, frame in sys._current_frames().items():
         stack = traceback.extract_stack(frame)
         where = next(
-            (f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack) if "/work/main/" in f.filename
-             and "/.venv/" not in f.filename),
-            f"{Path(stack[-1].filename).name}:{stack[-1].lineno} {stack[-1].name}" if stack else "?",
+            (
+                f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                for f in reversed(stack)
+                if "/work/main/" in f.filename and "/.venv/" not in f.filename
+            ),
+            f"{Path(stack[-1].filename).name}:{stack[-1].lineno} {stack[-1].name}"
+            if stack
+            else "?",
         )
         kind = names.get(ident, "?").split("-")[0]
         groups[f"{kind:<18} {where}"] += 1
@@ -293,7 +312,8 @@ async def run_level(
         if entry.type == "complete":
             completed.add(entry.session_id)
         elif entry.type == "error" or (
-            entry.type == "status" and entry.payload.get("status") in ("failed", "paused", "cancelled")
+            entry.type == "status"
+            and entry.payload.get("status") in ("failed", "paused", "cancelled")
         ):
             failed.setdefault(entry.session_id, f"{entry.type}: {entry.payload}")
         else:
@@ -353,12 +373,14 @@ async def run_level(
     if timed_out:
         idle = finished - last_event_at[0]
         print(
-            f"  TIMEOUT after {timeout:.0f}s: {len(completed)} completed, {len(failed)} failed of {expected_final};"
+            f"  TIMEOUT after {timeout:.0f}s: {len(completed)} completed,"
+            f" {len(failed)} failed of {expected_final};"
             f" last event {idle:.1f}s ago; {threading.active_count()} threads",
             flush=True,
         )
         phases = collections.Counter(
-            f"{s.get('status')}/{s.get('current_step', s.get('phase', '?'))}" for s in engine.hub.snapshots()
+            f"{s.get('status')}/{s.get('current_step', s.get('phase', '?'))}"
+            for s in engine.hub.snapshots()
         )
         print(f"  live snapshots: {dict(phases.most_common(8))}", flush=True)
         print("  threads by innermost frame:\n" + thread_summary(), flush=True)
@@ -414,7 +436,9 @@ async def run_level(
     }
 
 
-def run_one(sessions: int, base: Path, args: argparse.Namespace, capture: LogCapture) -> dict[str, Any]:
+def run_one(
+    sessions: int, base: Path, args: argparse.Namespace, capture: LogCapture
+) -> dict[str, Any]:
     """Fresh database + engine for one level (the database is started on the main thread)."""
     out = base / f"sessions_{sessions}"
     if out.exists():
@@ -431,7 +455,9 @@ def run_one(sessions: int, base: Path, args: argparse.Namespace, capture: LogCap
     handle = open_database(config)
     db_seconds = time.perf_counter() - db_started
     try:
-        result = asyncio.run(run_level(config, handle.store_factory(config), sessions, args, capture))
+        result = asyncio.run(
+            run_level(config, handle.store_factory(config), sessions, args, capture)
+        )
     finally:
         stop_started = time.perf_counter()
         handle.stop()
@@ -452,9 +478,12 @@ def print_level(r: dict[str, Any]) -> None:
         f"  ack latency p50 {r['ack_p50_ms']:.2f} ms, p99 {r['ack_p99_ms']:.2f} ms,"
         f" max {r['ack_max_ms']:.2f} ms{trunc}\n"
         f"  batches {r['batches']}, mean {r['mean_batch_messages']:.1f} messages"
-        f" ({r['mean_batch_checkpoints']:.1f} checkpoints per batch holding any), largest {r['largest_batch']}\n"
-        f"  per batch: files {r['files_ms_per_batch']:.2f} ms, database {r['db_ms_per_batch']:.2f} ms;"
-        f" persistence busy {100 * r['commit_busy_share']:.0f}% of wall; db batches {r['db_batches']},"
+        f" ({r['mean_batch_checkpoints']:.1f} checkpoints per batch holding any),"
+        f" largest {r['largest_batch']}\n"
+        f"  per batch: files {r['files_ms_per_batch']:.2f} ms,"
+        f" database {r['db_ms_per_batch']:.2f} ms;"
+        f" persistence busy {100 * r['commit_busy_share']:.0f}% of wall;"
+        f" db batches {r['db_batches']},"
         f" db failures {r['db_failures']}, backlog left {r['backlog_left']}\n"
         f"  loop lag p99 {r['loop_lag_p99_ms']:.1f} ms, max {r['loop_lag_max_ms']:.1f} ms;"
         f" peak threads {r['peak_threads']}; engine stop {r['engine_stop_seconds']:.2f}s,"
@@ -479,12 +508,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         problems = sum(r["log_counts"].values())
         print(
-            f"{r['sessions']:>8} {r['checkpoints']:>7} {r['wall_seconds']:>8.2f} {r['checkpoints_per_second']:>8.0f}"
-            f" {r['ack_p50_ms']:>8.2f} {r['ack_p99_ms']:>8.2f} {r['batches']:>8} {r['mean_batch_messages']:>7.1f}"
-            f" {r['mean_batch_checkpoints']:>7.1f} {r['largest_batch']:>7} {r['completed']:>6} {problems:>8}"
+            f"{r['sessions']:>8} {r['checkpoints']:>7} {r['wall_seconds']:>8.2f}"
+            f" {r['checkpoints_per_second']:>8.0f} {r['ack_p50_ms']:>8.2f} {r['ack_p99_ms']:>8.2f}"
+            f" {r['batches']:>8} {r['mean_batch_messages']:>7.1f}"
+            f" {r['mean_batch_checkpoints']:>7.1f}"
+            f" {r['largest_batch']:>7} {r['completed']:>6} {problems:>8}"
         )
     print(
-        "\nckpts: checkpoints acknowledged; msg/b: messages (checkpoints + event batches) per commit;"
+        "\nckpts: checkpoints acknowledged;"
+        " msg/b: messages (checkpoints + event batches) per commit;"
         " ckpt/b: checkpoints per commit holding any; ok: sessions completed."
     )
 
@@ -505,14 +537,24 @@ def filesystem_of(path: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", default="1,100,1000", help="comma-separated concurrency levels")
+    parser.add_argument(
+        "--sessions", default="1,100,1000", help="comma-separated concurrency levels"
+    )
     parser.add_argument("--chapters", type=int, default=2)
-    parser.add_argument("--moments", type=int, default=2, help="moments (images) per chapter, 1..20")
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: a new temporary folder")
+    parser.add_argument(
+        "--moments", type=int, default=2, help="moments (images) per chapter, 1..20"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="default: a new temporary folder"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary output folder")
-    parser.add_argument("--timeout", type=float, default=0, help="seconds per level (default max(120, 0.6*N))")
+    parser.add_argument(
+        "--timeout", type=float, default=0, help="seconds per level (default max(120, 0.6*N))"
+    )
     parser.add_argument("--no-image-fsync", action="store_true", help="write images without fsync")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the figures as JSON here"
+    )
     parser.add_argument("--verbose", action="store_true", help="show the engine's INFO logs")
     args = parser.parse_args()
     levels = [int(s) for s in args.sessions.split(",") if s.strip()]
@@ -520,20 +562,29 @@ def main() -> int:
         parser.error("need --moments in 1..20, --chapters >= 1 and sessions >= 1")
 
     capture = LogCapture()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger().addHandler(capture)
 
     temporary = args.output_dir is None
-    base = Path(tempfile.mkdtemp(prefix="illustrator-bench-")) if temporary else args.output_dir.resolve()
+    base = (
+        Path(tempfile.mkdtemp(prefix="illustrator-bench-"))
+        if temporary
+        else args.output_dir.resolve()
+    )
     base.mkdir(parents=True, exist_ok=True)
     probe_config = config_from_mapping({"output": {"directory": str(base)}}, env=os.environ)
     print(
-        f"output {base} on {filesystem_of(base)}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}\n"
+        f"output {base} on {filesystem_of(base)}; {os.cpu_count()} CPUs;"
+        f" Python {sys.version.split()[0]}\n"
         f"{args.chapters} chapters x {args.moments} moments = "
         f"{checkpoints_per_session(args.chapters, args.moments)} checkpoints per session;"
         f" image fsync {'off' if args.no_image_fsync else 'on'}\n"
         f"persistence {asdict(probe_config.persistence)}\n"
-        f"mongodb driver {probe_config.mongodb.driver}, uri {probe_config.mongodb.uri or '(embedded)'}",
+        f"mongodb driver {probe_config.mongodb.driver},"
+        f" uri {probe_config.mongodb.uri or '(embedded)'}",
         flush=True,
     )
     rows: list[dict[str, Any]] = []
@@ -550,7 +601,10 @@ def main() -> int:
             args.json.write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
         if temporary and not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    bad = any(r["timed_out"] or r["failed"] or r["start_errors"] or r["completed"] < r["sessions"] for r in rows)
+    bad = any(
+        r["timed_out"] or r["failed"] or r["start_errors"] or r["completed"] < r["sessions"]
+        for r in rows
+    )
     return 1 if bad else 0
 
 

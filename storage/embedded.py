@@ -117,6 +117,12 @@ class EmbeddedDatabase:
             "&retryWrites=false&w=1&journal=true"
         )
 
+    def is_running(self) -> bool:
+        """Whether the server we run or adopted still exists (a dying one still counts)."""
+        if self._process is not None:
+            return self._process.poll() is None  # our child: waitpid is the authority
+        return self._pid is not None and _is_alive(self._pid)
+
     def start(self) -> str:
         """Start (or adopt) the server and return its URI; a no-op while running.
 
@@ -124,7 +130,7 @@ class EmbeddedDatabase:
             EmbeddedDatabaseError: the server did not come up (the message carries the
                 tail of its log) or an old server on the same storage path never went away.
         """
-        if self._pid is not None and _is_alive(self._pid):
+        if self.is_running():
             return self.uri
         self._forget()
         try:
@@ -214,7 +220,9 @@ class EmbeddedDatabase:
                 # SecantusDB 0.7 can deadlock in its SIGTERM handler when two signals
                 # arrive close together (Event.set re-entered under its own lock). Every
                 # acknowledged write is journaled (j: true), so SIGKILL loses nothing.
-                logger.warning("orphaned SecantusDB pid %d did not exit after SIGTERM; killing it", pid)
+                logger.warning(
+                    "orphaned SecantusDB pid %d did not exit after SIGTERM; killing it", pid
+                )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 killed = True
@@ -364,7 +372,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _is_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    """Whether process ``pid`` still exists, threads included.
+
+    A zombie whose threads are all gone counts as dead (it only waits to be reaped). A
+    zombie *leader* whose other threads are still exiting does not: the process still
+    holds its files (the WiredTiger lock) until the last thread is gone.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -372,10 +385,12 @@ def _is_alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state not in ("Z", "X"):
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except (OSError, IndexError):
         return sys.platform != "linux"
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _answers_ping(host: str, port: int, timeout_ms: int = 1000) -> bool:

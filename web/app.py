@@ -19,7 +19,14 @@ from config import Config
 from pipeline.providers import Providers
 from storage.database import open_database
 from web import metrics, openapi, routes_manuscripts, routes_processing, routes_sessions, websocket
-from web.keys import CONFIG_KEY, DATABASE_KEY, ENGINE_KEY, PROVIDERS_KEY, START_LOCK_KEY, WEBSOCKETS_KEY
+from web.keys import (
+    CONFIG_KEY,
+    DATABASE_KEY,
+    ENGINE_KEY,
+    PROVIDERS_KEY,
+    START_LOCK_KEY,
+    WEBSOCKETS_KEY,
+)
 from web.middlewares import auth_middleware, error_middleware
 
 logger = logging.getLogger(__name__)

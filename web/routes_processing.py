@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -12,11 +13,44 @@ from domain import SessionId, isoformat, manuscript_id, session_id, utcnow
 from errors import ConflictError, DatabaseUnavailableError, NotFoundError, ValidationError
 from web.keys import CONFIG_KEY, ENGINE_KEY, START_LOCK_KEY
 from web.responses import bool_field, int_field, json_object, reply
-from web.sessions import detailed_status, find_session, from_document, stored_session, wait_until_stopped
+from web.sessions import (
+    detailed_status,
+    find_session,
+    from_document,
+    stored_session,
+    wait_until_stopped,
+)
 
 logger = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+CONTROL_REPLY_WAIT = 2.0
+"""Seconds a pause/cancel request waits for the session's acknowledgement. A session in
+the middle of a long step answers only at its boundary; the request is delivered anyway."""
+
+
+async def send_control(engine: Engine, sid: SessionId, action: str) -> bool:
+    """Deliver pause/cancel to a live session; True if it acknowledged within the wait.
+
+    Raises:
+        ConflictError: the session is no longer running.
+    """
+    method = engine.pause_session if action == "pause" else engine.cancel_session
+    task = asyncio.ensure_future(method(sid))
+    try:
+        await asyncio.wait_for(asyncio.shield(task), CONTROL_REPLY_WAIT)
+    except TimeoutError:
+        task.add_done_callback(_ignore_result)
+        return False
+    except NotFoundError as exc:  # it finished between the check and the message
+        raise ConflictError(f"session {sid} is no longer running", details={"session_id": sid}) from exc
+    return True
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def live_session_of(engine: Engine, mid: str) -> dict[str, Any] | None:
@@ -168,10 +202,7 @@ async def pause_processing(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     sid = session_id(request.match_info["session_id"])
     await _require_live(engine, sid, "pause")
-    try:
-        await engine.pause_session(sid)
-    except NotFoundError as exc:  # it finished between the check and the message
-        raise ConflictError(f"session {sid} is no longer running", details={"session_id": sid}) from exc
+    await send_control(engine, sid, "pause")
     return reply({"success": True, "message": "Pause requested; the session pauses after its current step"})
 
 
@@ -193,8 +224,8 @@ async def cancel_processing(request: web.Request) -> web.Response:
     view = await find_session(engine, sid)
     if view["live"]:
         try:
-            await engine.cancel_session(sid)
-        except NotFoundError:
+            await send_control(engine, sid, "cancel")
+        except ConflictError:
             await engine.cancel_stopped_session(sid)
         return reply({"success": True, "message": "Cancel requested; the session stops after its current step"})
     await engine.cancel_stopped_session(sid)
@@ -212,8 +243,8 @@ async def restart_processing(request: web.Request) -> web.Response:
         raise ConflictError(f"session {sid} has not been stored yet; retry in a moment", details={"session_id": sid})
     if engine.live_snapshot(sid) is not None:
         try:
-            await engine.cancel_session(sid)
-        except NotFoundError:
+            await send_control(engine, sid, "cancel")
+        except ConflictError:
             pass
         if not await wait_until_stopped(engine, sid):
             raise ConflictError(f"session {sid} did not stop in time", details={"session_id": sid})

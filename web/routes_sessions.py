@@ -9,9 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from domain import session_id
-from errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from errors import ConflictError, DatabaseUnavailableError
 from web.keys import ENGINE_KEY
 from web.responses import query_int, reply
+from web.routes_processing import send_control
 from web.sessions import (
     detailed_status,
     find_session,
@@ -129,8 +130,8 @@ async def delete_session(request: web.Request) -> web.Response:
     view = await find_session(engine, sid)
     if view["live"]:
         try:
-            await engine.cancel_session(sid)
-        except NotFoundError:
+            await send_control(engine, sid, "cancel")
+        except ConflictError:
             pass  # it finished meanwhile
         if not await wait_until_stopped(engine, sid):
             raise ConflictError(f"session {sid} did not stop in time; try again", details={"session_id": sid})

@@ -39,7 +39,8 @@ async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
         {"output": {"directory": str(out)}, "processing": {"auto_resume": False}, "providers": {"image_size": 32}},
         env={},
     )
-    engine = Engine(config, factory, providers=RecordingProviders(), **kwargs)
+    kwargs.setdefault("providers", RecordingProviders())
+    engine = Engine(config, factory, **kwargs)
     await engine.start()
     return engine
 

@@ -129,7 +129,7 @@ def work_outputs(checkpoints: list[Any]) -> list[tuple[str, int | None, Any]]:
     for cp in checkpoints:
         if cp.checkpoint_type in (CheckpointType.SESSION_PAUSED, CheckpointType.ERROR_OCCURRED):
             continue
-        data = {k: v for k, v in cp.checkpoint_data.items() if k != "image"}
+        data = {k: v for k, v in cp.checkpoint_data.items() if k not in ("image", "started_at")}
         if "image" in cp.checkpoint_data:
             image = cp.checkpoint_data["image"]
             data["image"] = (image["file_path"].split("/")[-1], image["prompt_used"], image["generation_order"])

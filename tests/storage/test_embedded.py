@@ -45,9 +45,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) 
 
 
 def alive(pid: int) -> bool:
+    """Whether a process exists; a zombie counts only while its other threads still exit."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+            state = fh.read().rpartition(")")[2].split()[0]
+        return state not in ("Z", "X") or len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
 
@@ -64,8 +66,11 @@ def database(tmp_path: Path) -> Iterator[EmbeddedDatabase]:
     db.stop()
 
 
+OwnerSpawner = Callable[[Path, bool], tuple[subprocess.Popen, str, int]]
+
+
 @pytest.fixture
-def spawn_owner(tmp_path: Path) -> Iterator[Callable[[Path, bool], tuple[subprocess.Popen, str, int]]]:
+def spawn_owner() -> Iterator[OwnerSpawner]:
     """Start OWNER_SCRIPT processes; returns (process, uri, database pid). Cleans up both."""
     owners: list[subprocess.Popen[str]] = []
     pids: list[int] = []
@@ -134,7 +139,7 @@ async def test_journaled_writes_survive_kill_9_of_the_database(tmp_path):
             killed = database.pid
             assert killed is not None
             os.kill(killed, signal.SIGKILL)
-            wait_until(lambda: not alive(killed), "the killed database is gone")
+            wait_until(lambda: not database.is_running(), "the killed database is gone")
 
             database.start()
             assert database.pid != killed

@@ -396,7 +396,9 @@ async def test_delete_session_removes_its_records_only(store):
         await store.create_session(session_doc(each))
         await store.write_batch(
             PersistBatch(
-                checkpoints=[checkpoint(each, 1)], logs=[log_entry(each, 1)], images=[image(each, 1)]
+                checkpoints=[checkpoint(each, 1)],
+                logs=[log_entry(each, 1)],
+                images=[image(each, 1)],
             ),
             KEEP,
         )
@@ -494,7 +496,8 @@ class FlakyCollection:
 
 async def test_transient_disconnects_are_retried(store, monkeypatch):
     sid = new_id()
-    monkeypatch.setattr(store, "_checkpoints", FlakyCollection(store._checkpoints, "insert_many", 2))
+    flaky = FlakyCollection(store._checkpoints, "insert_many", 2)
+    monkeypatch.setattr(store, "_checkpoints", flaky)
     await store.append_checkpoints([checkpoint(sid, 1)], KEEP)
     assert [c.sequence_number for c in await store.list_checkpoints(SessionId(sid))] == [1]
 

@@ -196,7 +196,9 @@ async def test_manuscript_delete_is_409_while_live_and_404_when_gone(make_client
     sid = (await start(client, mid))["session_id"]
     await wait_reached(gate)
     assert (await client.delete(f"/api/manuscripts/{mid}")).status == 409
-    assert (await client.delete(f"/api/sessions/{sid}")).status == 200  # cancels, waits, deletes
+    deleting = asyncio.create_task(client.delete(f"/api/sessions/{sid}"))  # cancels, waits, deletes
+    gate.open.set()
+    assert (await deleting).status == 200
     assert (await client.delete(f"/api/manuscripts/{mid}")).status == 200
     assert (await client.get(f"/api/manuscripts/{mid}")).status == 404
     assert (await client.delete(f"/api/manuscripts/{mid}")).status == 404
