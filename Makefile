@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy actors storage pipeline web cli.py config.py domain.py errors.py
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/session_document.py
 
 clean:

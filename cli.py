@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="check every session: gap-free sequences, files = database, images = records"
     )
     check.set_defaults(handler=_sessions_verify)
+
+    import loadtest
+
+    load = commands.add_parser("loadtest", help="load-test a local server over REST and WebSockets")
+    loadtest.add_arguments(load)
+    load.set_defaults(handler=lambda config, args: loadtest.run(args))
     return parser
 
 

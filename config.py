@@ -34,6 +34,12 @@ class ServerConfig:
     max_websockets: int = 2000
     websocket_queue_size: int = 1000
     heartbeat_seconds: float = 20.0
+    max_json_depth: int = 32
+    max_style_keys: int = 32
+    max_style_value_chars: int = 1000
+    websocket_max_message_bytes: int = 64 * 1024
+    websocket_send_timeout_seconds: float = 10.0
+    websocket_close_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class PersistenceConfig:
     fsync: bool = True
     embedded_checkpoints: int = 16
     write_checkpoint_files: bool = True
+    session_summary_interval_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -128,10 +135,17 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("server", "max_websockets"): 1,
     ("server", "websocket_queue_size"): 1,
     ("server", "heartbeat_seconds"): 0.1,
+    ("server", "max_json_depth"): 2,
+    ("server", "max_style_keys"): 1,
+    ("server", "max_style_value_chars"): 1,
+    ("server", "websocket_max_message_bytes"): 1024,
+    ("server", "websocket_send_timeout_seconds"): 0.01,
+    ("server", "websocket_close_timeout_seconds"): 0.01,
     ("mongodb", "server_selection_timeout_ms"): 1,
     ("persistence", "batch_max_records"): 1,
     ("persistence", "batch_max_delay_ms"): 0,
     ("persistence", "embedded_checkpoints"): 1,
+    ("persistence", "session_summary_interval_ms"): 0,
     ("processing", "max_concurrent_sessions"): 1,
     ("processing", "step_attempts"): 1,
     ("processing", "retry_backoff_ms"): 0,

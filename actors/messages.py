@@ -180,6 +180,11 @@ class FlushPersistence:
 
 
 @dataclass(frozen=True)
+class FlushSummaries:
+    """Timer tick: write the session summaries that have come due."""
+
+
+@dataclass(frozen=True)
 class RetryBacklog:
     """Timer tick: try the database backlog again."""
 
@@ -200,6 +205,7 @@ __all__ = [
     "ControlSession",
     "EventsEmitted",
     "FlushPersistence",
+    "FlushSummaries",
     "GetLiveSessions",
     "GetPersistenceStats",
     "GetSessionSnapshot",

@@ -30,6 +30,7 @@ from actors.messages import (
     CheckpointReached,
     EventsEmitted,
     FlushPersistence,
+    FlushSummaries,
     GetPersistenceStats,
     RetryBacklog,
 )
@@ -97,12 +98,23 @@ class PersistenceStats:
 class _DatabaseWork:
     """The database part of one committed batch."""
 
-    new_sessions: list[dict[str, Any]]
     batch: PersistBatch
     prune: dict[str, int]
 
     def __len__(self) -> int:
-        return len(self.new_sessions) + len(self.batch)
+        return len(self.batch)
+
+
+@dataclass
+class _PendingSummary:
+    """A session document update held back (write-behind) until it is due."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[Any] = field(default_factory=list)
+    urgent: bool = False
+
+
+URGENT_CHECKPOINTS = frozenset({"session_start", "session_completed", "session_paused", "error_occurred"})
 
 
 class PersistenceActor(pykka.ThreadingActor):
@@ -124,6 +136,10 @@ class PersistenceActor(pykka.ThreadingActor):
         self._probe: threading.Thread | None = None
         self._stopping = threading.Event()
         self._log_counts: dict[str, int] = {}
+        self._summaries: dict[str, _PendingSummary] = {}
+        self._summary_written: dict[str, float] = {}
+        self._summary_status: dict[str, Any] = {}
+        self._summary_timer: threading.Timer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store: SessionStore | None = None
 
@@ -138,6 +154,12 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._commit()
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
+        self._release_summaries(work, force=True)
+        if work.batch.session_updates:
+            self._backlog.append(work)
         if not self.stats.breaker_open:
             self._drain_backlog()
         if self._backlog:
@@ -165,10 +187,14 @@ class PersistenceActor(pykka.ThreadingActor):
                     self._commit()
             case FlushPersistence(reply=reply):
                 self._commit()
+                self._flush_summaries(force=True)
                 self._drain_backlog()
                 reply.set_result(sum(len(w) for w in self._backlog))
             case RetryBacklog():
                 self._drain_backlog()
+            case FlushSummaries():
+                self._commit()
+                self._flush_summaries(force=False)
             case GetPersistenceStats(reply=reply):
                 reply.set_result(self.stats.as_dict())
             case _:
@@ -187,11 +213,16 @@ class PersistenceActor(pykka.ThreadingActor):
         self.stats.batch_size_counts[size_bucket] = self.stats.batch_size_counts.get(size_bucket, 0) + 1
         checkpoints = [m for m in messages if isinstance(m, CheckpointReached)]
 
-        error = self._write_files(checkpoints)
-        if error is None:
-            self._queue_database(messages)
-            if not self.stats.breaker_open:  # while open, only the breaker's timer retries
-                self._drain_backlog()
+        self._queue_database(messages)
+        if self.stats.breaker_open or self._loop is None:
+            # While the breaker is open only its probe retries the database: the files
+            # alone are the durable record and the acknowledgement waits for them only.
+            error = self._write_files(checkpoints)
+        else:
+            # Files and database are both made durable before the acknowledgement, so
+            # they are written at the same time: the files' group fsync on a worker
+            # thread while the database batch runs on this actor's loop.
+            error = self._loop.run_until_complete(self._write_both(checkpoints))
         now = time.monotonic()
         for message in checkpoints:
             if message.reply_to is None:
@@ -228,23 +259,77 @@ class PersistenceActor(pykka.ThreadingActor):
     def _queue_database(self, messages: list[CheckpointReached | EventsEmitted]) -> None:
         if self._store is None:
             return
-        work = _DatabaseWork(new_sessions=[], batch=PersistBatch(), prune={})
+        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         for message in messages:
             match message:
                 case CheckpointReached():
                     if message.new_session is not None:
-                        work.new_sessions.append(message.new_session)
+                        work.batch.new_sessions.append(message.new_session)
                     if message.checkpoint is not None:
                         work.batch.checkpoints.append(message.checkpoint)
-                    merged = work.batch.session_updates.setdefault(message.session_id, {})
-                    merged.update(message.session_fields)
+                    self._hold_summary(message)
                     work.batch.images.extend(message.images)
                     self._add_events(work, message.events, 0)
                 case EventsEmitted():
                     self._add_events(work, message.entries, message.keep)
+        self._release_summaries(work, force=False)
         self.stats.events += len(work.batch.logs)
         self._backlog.append(work)
         self.stats.backlog_batches = len(self._backlog)
+
+    # -- session summaries (write-behind) --------------------------------------------
+
+    def _hold_summary(self, message: CheckpointReached) -> None:
+        """Keep a session document update until it is due (see _release_summaries)."""
+        pending = self._summaries.setdefault(message.session_id, _PendingSummary())
+        pending.fields.update(message.session_fields)
+        cp = message.checkpoint
+        if cp is not None:
+            pending.checkpoints.append(cp)
+        status = message.session_fields.get("status")
+        if (
+            cp is None
+            or str(cp.checkpoint_type) in URGENT_CHECKPOINTS
+            or status != self._summary_status.get(message.session_id)
+        ):
+            pending.urgent = True
+
+    def _release_summaries(self, work: _DatabaseWork, *, force: bool) -> None:
+        """Move due summaries into ``work``: urgent ones, and ones not written for an interval.
+
+        Checkpoint documents are written with every batch, before the acknowledgement;
+        only the session document's summary is throttled. After a crash it may lag its
+        checkpoints, which start-up reconciliation repairs.
+        """
+        now = time.monotonic()
+        interval = self.settings.session_summary_interval_ms / 1000
+        for session_id, pending in list(self._summaries.items()):
+            due = force or pending.urgent or now - self._summary_written.get(session_id, 0.0) >= interval
+            if not due:
+                continue
+            assert work.batch.summary_checkpoints is not None
+            work.batch.summary_checkpoints.extend(pending.checkpoints)
+            work.batch.session_updates[session_id] = pending.fields
+            del self._summaries[session_id]
+            status = pending.fields.get("status")
+            if status in ("completed", "cancelled", "paused", "failed"):
+                self._summary_written.pop(session_id, None)  # the session is leaving
+                self._summary_status.pop(session_id, None)
+            else:
+                self._summary_written[session_id] = now
+                self._summary_status[session_id] = status
+        if self._summaries and (self._summary_timer is None or not self._summary_timer.is_alive()):
+            self._summary_timer = threading.Timer(interval, _tell_quietly, args=(self.actor_ref, FlushSummaries()))
+            self._summary_timer.daemon = True
+            self._summary_timer.start()
+
+    def _flush_summaries(self, *, force: bool) -> None:
+        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
+        self._release_summaries(work, force=force)
+        if work.batch.session_updates:
+            self._backlog.append(work)
+            if force or not self.stats.breaker_open:
+                self._drain_backlog()
 
     def _add_events(self, work: _DatabaseWork, entries: tuple[Any, ...], keep: int) -> None:
         if not entries:
@@ -257,14 +342,22 @@ class PersistenceActor(pykka.ThreadingActor):
             work.prune[session_id] = keep
             self._log_counts[session_id] = keep
 
+    async def _write_both(self, checkpoints: list[CheckpointReached]) -> str | None:
+        error, _ = await asyncio.gather(asyncio.to_thread(self._write_files, checkpoints), self._drain_async())
+        return error  # type: ignore[no-any-return]
+
     def _drain_backlog(self) -> None:
         """Write queued database work in order; stop at the first failure."""
-        if self._store is None or self._loop is None:
+        if self._store is not None and self._loop is not None:
+            self._loop.run_until_complete(self._drain_async())
+
+    async def _drain_async(self) -> None:
+        if self._store is None:
             return
         while self._backlog:
             work = self._backlog[0]
             try:
-                self._loop.run_until_complete(self._write_database(work))
+                await self._write_database(work)
             except DatabaseUnavailableError as exc:
                 self._open_breaker(exc)
                 break
@@ -282,8 +375,6 @@ class PersistenceActor(pykka.ThreadingActor):
 
     async def _write_database(self, work: _DatabaseWork) -> None:
         assert self._store is not None
-        for document in work.new_sessions:
-            await self._store.create_session(document)
         await self._store.write_batch(work.batch, self.settings.embedded_checkpoints)
         for session_id, keep in work.prune.items():
             await self._store.prune_logs(session_id, keep)  # type: ignore[arg-type]

@@ -187,10 +187,7 @@ class MongoStore:
 
     async def create_session(self, document: dict[str, Any]) -> None:
         """Insert a session document; a retry (same ``_id``) is a no-op, the first one wins."""
-        doc = dict(document)
-        doc.setdefault("created_at", utcnow())
-        doc.setdefault("last_sequence_number", 0)
-        doc.setdefault("checkpoints", [])
+        doc = _new_session_document(document)
         await self._call("create session", lambda: self._insert_one_idempotent(self._sessions, doc))
 
     async def update_session(self, session_id: SessionId, fields: dict[str, Any]) -> None:
@@ -255,6 +252,11 @@ class MongoStore:
         Order: checkpoints, images and logs first, session documents last, so a session
         document never names a checkpoint or counter whose records are not stored yet.
         """
+        if batch.new_sessions:
+            documents = [_new_session_document(d) for d in batch.new_sessions]
+            await self._call(
+                "create sessions", lambda: self._insert_many_idempotent(self._sessions, documents)
+            )
         await self._insert_all(self._checkpoints, "store checkpoints", batch.checkpoints)
         await self._insert_all(self._images, "store images", batch.images)
         await self._insert_all(self._logs, "store logs", batch.logs)
@@ -428,7 +430,8 @@ class MongoStore:
 
     async def _update_sessions(self, batch: PersistBatch, embedded_keep: int) -> None:
         by_session: dict[str, list[Checkpoint]] = {}
-        for checkpoint in batch.checkpoints:
+        summarised = batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
+        for checkpoint in summarised:
             by_session.setdefault(checkpoint.session_id, []).append(checkpoint)
         fields = {sid: _settable(values) for sid, values in batch.session_updates.items()}
         ops: list[_Update] = []
@@ -492,6 +495,14 @@ class MongoStore:
                 self._bulk_updates = False
             logger.info("session updates via bulk_write: %s", self._bulk_updates)
         return self._bulk_updates
+
+
+def _new_session_document(document: dict[str, Any]) -> dict[str, Any]:
+    doc = dict(document)
+    doc.setdefault("created_at", utcnow())
+    doc.setdefault("last_sequence_number", 0)
+    doc.setdefault("checkpoints", [])
+    return doc
 
 
 def _not_yet_applied(session_id: str, first_sequence: int) -> dict[str, Any]:

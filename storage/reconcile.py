@@ -126,14 +126,26 @@ async def _reconcile_session(
         report.decide("session %s is missing from the database; created from the files", sid)
         await store.create_session(full_document)
         report.sessions_created_in_database += 1
-    if missing_in_db or (db_document is not None and file_last > db_last):
+    # The session document's summary is written behind its checkpoints (see the
+    # PersistenceActor), so after a crash it may lag even when no checkpoint is missing.
+    summary_last = 0 if db_document is None else int(db_document.get("last_sequence_number") or 0)
+    newest = ordered[-1].sequence_number if ordered else 0
+    if missing_in_db or summary_last < newest:
         images = [ImageRecord.from_document(cp.checkpoint_data["image"]) for cp in missing_in_db if "image" in cp.checkpoint_data]
         await store.write_batch(
-            PersistBatch(checkpoints=missing_in_db, session_updates={sid: fields}, images=images),
+            PersistBatch(
+                checkpoints=missing_in_db,
+                session_updates={sid: fields},
+                images=images,
+                summary_checkpoints=[cp for cp in ordered if cp.sequence_number > summary_last],
+            ),
             embedded_keep,
         )
         report.checkpoints_to_database += len(missing_in_db)
-        report.decide("session %s: %d checkpoints copied from the files to the database", sid, len(missing_in_db))
+        if missing_in_db:
+            report.decide("session %s: %d checkpoints copied from the files to the database", sid, len(missing_in_db))
+        else:
+            report.decide("session %s: session summary brought up to checkpoint %d", sid, newest)
 
     missing_in_files = [cp for cp in ordered if cp.sequence_number not in in_files]
     stale_file = file_document is None or int(file_document.get("last_sequence_number") or 0) < (ordered[-1].sequence_number if ordered else 0)

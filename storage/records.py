@@ -246,6 +246,17 @@ class PersistBatch:
     session_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     logs: list[LogEntry] = field(default_factory=list)
     images: list[ImageRecord] = field(default_factory=list)
+    new_sessions: list[dict[str, Any]] = field(default_factory=list)
+    """Full session documents to create first (a retry is a no-op)."""
+    summary_checkpoints: list[Checkpoint] | None = None
+    """Checkpoints whose compact forms go into the session documents; None means
+    ``checkpoints``. The PersistenceActor passes the ones it held back (write-behind)."""
 
     def __len__(self) -> int:
-        return len(self.checkpoints) + len(self.session_updates) + len(self.logs) + len(self.images)
+        return (
+            len(self.checkpoints)
+            + len(self.session_updates)
+            + len(self.logs)
+            + len(self.images)
+            + len(self.new_sessions)
+        )

@@ -133,3 +133,61 @@ async def test_the_side_with_the_higher_sequence_wins_the_session_record(tmp_pat
         assert any("copied from the files" in d for d in third.last_reconcile.decisions)
     finally:
         await third.stop()
+
+
+async def test_session_summary_is_written_behind_and_a_lagging_one_is_repaired(
+    tmp_path: Path, backend: str, request
+) -> None:
+    import asyncio
+    import threading
+
+    databases = store_maker(backend, request)
+    name = f"j{uuid.uuid4().hex[:8]}"
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(stage: str, key: Any) -> None:
+        if (stage, key) == ("analyze", 2):
+            reached.set()
+            release.wait(60)
+
+    config = config_from_mapping(
+        {
+            "output": {"directory": str(tmp_path / "out")},
+            "processing": {"auto_resume": False},
+            "providers": {"image_size": 32},
+            "persistence": {"session_summary_interval_ms": 60_000},
+        },
+        env={},
+    )
+    engine = Engine(config, databases(name), providers=RecordingProviders(before_call=hold))
+    await engine.start()
+    try:
+        recorder = EventRecorder(engine)
+        mid = await engine.save_manuscript(make_manuscript(2))
+        sid = (await engine.start_session(mid, max_emotional_moments=2))["session_id"]
+        assert await asyncio.to_thread(reached.wait, 60)
+        acked = [e.payload["sequence_number"] for e in recorder.events[sid] if e.type == "progress"]
+        stored = [cp.sequence_number for cp in await engine.store.list_checkpoints(sid)]
+        assert set(acked) <= set(stored), "every acknowledged checkpoint is in the database"
+        summary = await engine.store.get_session(sid)
+        assert summary["status"] == "running"
+        assert summary["last_sequence_number"] < max(acked), "the summary is written behind"
+        release.set()
+        assert await recorder.wait_final(sid) == "completed"
+        await engine.flush()
+        total = len(await engine.store.list_checkpoints(sid))
+        assert (await engine.store.get_session(sid))["last_sequence_number"] == total
+        # A crash before the summary was written leaves it behind its checkpoints.
+        await engine.store._sessions.update_one({"_id": sid}, {"$set": {"last_sequence_number": 3, "status": "running"}})
+    finally:
+        release.set()
+        await engine.stop()
+
+    again = await start_engine(tmp_path / "out", databases(name))
+    try:
+        repaired = await again.store.get_session(sid)
+        assert repaired["last_sequence_number"] == total
+        assert repaired["status"] == "completed"
+        assert any("summary brought up" in d for d in again.last_reconcile.decisions)
+    finally:
+        await again.stop()
