@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -392,27 +393,27 @@ class PersistenceActor(pykka.ThreadingActor):
             self._probe.start()
 
     def _probe_database(self) -> None:
-        assert self.store_factory is not None
-        factory = self.store_factory
+        """Wait until a database server accepts connections again, then retry the backlog.
 
-        async def ping() -> None:
-            store = await resolve_store(factory())
-            try:
-                await store.ping()
-            finally:
-                if store is not self._store:  # a shared in-memory store stays open
-                    await store.close()
-
+        A TCP connect to the URI's servers, not a driver client: a throwaway async client
+        whose monitor is cancelled mid-connect leaks its socket. A false positive costs
+        one write attempt, after which the breaker opens again.
+        """
+        seeds = tuple(getattr(self._store, "seeds", ()))
         delay = 0.05
         while not self._stopping.wait(delay):
-            try:
-                asyncio.run(ping())
-            except Exception as exc:  # noqa: BLE001 - still down: back off, up to 2 s
-                logger.debug("database probe failed: %s", exc)
-                delay = min(2.0, delay * 2)
-                continue
-            _tell_quietly(self.actor_ref, RetryBacklog())
-            return
+            if not seeds or any(_accepts_connections(host, port) for host, port in seeds):
+                _tell_quietly(self.actor_ref, RetryBacklog())
+                return
+            delay = min(2.0, delay * 2)
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:

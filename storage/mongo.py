@@ -106,7 +106,12 @@ def open_store(
     else:
         raise ValueError(f"unknown MongoDB driver {driver!r}; expected one of {list(DRIVERS)}")
     logger.info("opened %s store on database %s", driver, database)
-    return MongoStore(client, database, retry_attempts=retry_attempts)
+    store = MongoStore(client, database, retry_attempts=retry_attempts)
+    if driver != "mongomock":
+        from pymongo.uri_parser import parse_uri
+
+        store.seeds = tuple((str(host), int(port)) for host, port in parse_uri(uri)["nodelist"])
+    return store
 
 
 class MongoStore:
@@ -137,6 +142,8 @@ class MongoStore:
         self._client = client
         self._db = client[database]
         self.database_name = database
+        self.seeds: tuple[tuple[str, int], ...] = ()
+        """(host, port) of the servers in the URI; empty for the in-memory driver."""
         self._sessions = self._db["sessions"]
         self._checkpoints = self._db["checkpoints"]
         self._logs = self._db["logs"]

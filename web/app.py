@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -51,7 +50,7 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
     )
     app[CONFIG_KEY] = config
     app[PROVIDERS_KEY] = providers
-    app[WEBSOCKETS_KEY] = weakref.WeakSet()
+    app[WEBSOCKETS_KEY] = set()
     app[START_LOCK_KEY] = asyncio.Lock()
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 
 from aiohttp import web
 
@@ -15,8 +14,9 @@ from storage.database import DatabaseHandle
 CONFIG_KEY = web.AppKey("config", Config)
 DATABASE_KEY = web.AppKey("database", DatabaseHandle)
 ENGINE_KEY = web.AppKey("engine", Engine)
-WEBSOCKETS_KEY = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
-"""Every open WebSocket, closed with GOING_AWAY at shutdown."""
+WEBSOCKETS_KEY = web.AppKey("websockets", set[web.WebSocketResponse])
+"""Every WebSocket being opened or open (its handler removes it): counted against
+``server.max_websockets``, closed with GOING_AWAY at shutdown."""
 START_LOCK_KEY = web.AppKey("start_lock", asyncio.Lock)
 """Serialises session starts, so one manuscript never gets two live sessions by a race."""
 PROVIDERS_KEY = web.AppKey("providers", Providers | None)

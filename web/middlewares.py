@@ -10,7 +10,7 @@ from aiohttp import web
 
 from errors import IllustratorError
 from web.keys import CONFIG_KEY
-from web.responses import MalformedJsonError, reply
+from web.responses import MalformedJsonError, MalformedMultipartError, reply
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +34,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             logger.warning("%s %s failed: %s", request.method, request.path, exc)
         return error_body(exc.message, exc.status, exc.details)
     except MalformedJsonError as exc:
-        return error_body("the body is not valid JSON", 400, {"reason": str(exc)})
+        return error_body("the body is not valid JSON", 400, {"field": "body", "reason": str(exc)})
+    except MalformedMultipartError as exc:
+        details = {"field": "body", "reason": str(exc)}
+        return error_body("the body is not valid multipart/form-data", 400, details)
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like pass through
             raise
         details: dict = {}
         if isinstance(exc, web.HTTPMethodNotAllowed):
             details = {"allowed_methods": sorted(exc.allowed_methods)}
+        elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+            limit = request.app[CONFIG_KEY].server.max_body_bytes
+            details = {"field": "body", "max_body_bytes": limit}
         return error_body(exc.reason, exc.status, details)
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)

@@ -17,8 +17,8 @@ from errors import ConflictError, DatabaseUnavailableError, NotFoundError, Valid
 from pipeline.manuscripts import decode_upload, parse_manuscript_json, parse_manuscript_text
 from storage import atomic
 from web.exports import EXPORT_NAME, export_document, render_html
-from web.keys import ENGINE_KEY
-from web.responses import json_object, reply
+from web.keys import CONFIG_KEY, ENGINE_KEY
+from web.responses import MalformedMultipartError, json_object, reply
 from web.routes_processing import live_session_of
 
 logger = logging.getLogger(__name__)
@@ -42,21 +42,87 @@ def _summary(mid: str, document: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _UploadBudget:
+    """Counts the bytes of every part of one upload against ``server.max_body_bytes``.
+
+    ``request.multipart()`` streams, so aiohttp's own body limit does not apply to it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    async def read(self, part: BodyPartReader) -> bytes:
+        data = bytearray()
+        while chunk := await part.read_chunk():
+            self.used += len(chunk)
+            if self.used > self.limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=self.limit, actual_size=self.used)
+            data.extend(chunk)
+        return bytes(data)
+
+
+def _decode_field(name: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{name} must be UTF-8 text", details={"field": name}) from exc
+
+
+def _looks_like_utf16(raw: bytes) -> bool:
+    """Latin text in UTF-16 without a byte-order mark: NUL in (nearly) every other byte only."""
+    if len(raw) < 4:
+        return False
+    even, odd = raw[0::2], raw[1::2]
+    for text_half, zero_half in ((even, odd), (odd, even)):
+        if zero_half.count(0) >= 0.9 * len(zero_half) and text_half.count(0) == 0:
+            return True
+    return False
+
+
+def _decode_file(raw: bytes) -> str:
+    if not raw.strip():
+        raise ValidationError("the uploaded file is empty", details={"field": "file"})
+    if _looks_like_utf16(raw):
+        raise ValidationError(
+            "the file looks like UTF-16 text; upload it as UTF-8", details={"field": "file"}
+        )
+    return decode_upload(raw)
+
+
 async def _read_upload(request: web.Request) -> tuple[str, dict[str, str]]:
-    """The text of the multipart field ``file`` plus the other (text) fields."""
-    reader = await request.multipart()
+    """The text of the multipart field ``file`` plus the other (text) fields.
+
+    Every part counts against ``server.max_body_bytes`` (413); a malformed multipart
+    body is a 400 and a missing, empty, binary, non-UTF-8 or non-.txt/.md file a 422.
+    """
+    limit = request.app[CONFIG_KEY].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    budget = _UploadBudget(limit)
     text: str | None = None
     fields: dict[str, str] = {}
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "file":
-            filename = part.filename or ""
-            if not filename.lower().endswith(UPLOAD_SUFFIXES):
-                raise ValidationError("file must be a .txt or .md file", details={"field": "file"})
-            text = decode_upload(bytes(await part.read()))
-        elif part.name in ("title", "author", "genre", "description"):
-            fields[part.name] = (await part.text())[:500]
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValidationError(
+                    "nested multipart bodies are not supported", details={"field": "body"}
+                )
+            raw = await budget.read(part)  # unknown parts are read too: they count to the limit
+            if part.name == "file":
+                filename = part.filename or ""
+                if not filename.lower().endswith(UPLOAD_SUFFIXES):
+                    raise ValidationError(
+                        "file must be a .txt or .md file", details={"field": "file"}
+                    )
+                text = _decode_file(raw)
+            elif part.name in ("title", "author", "genre", "description"):
+                fields[part.name] = _decode_field(part.name, raw)[:500]
+    except (ValueError, KeyError, AssertionError, RuntimeError) as exc:
+        # aiohttp's multipart parser reports a missing boundary, a garbled body or an
+        # unknown encoding with these; our own errors (ValidationError) pass through.
+        raise MalformedMultipartError(str(exc)[:200]) from exc
     if text is None:
         raise ValidationError("the multipart field 'file' is required", details={"field": "file"})
     return text, fields

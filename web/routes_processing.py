@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -61,13 +62,65 @@ def live_session_of(engine: Engine, mid: str) -> dict[str, Any] | None:
     return None
 
 
-def _style_config(data: dict[str, Any]) -> dict[str, Any]:
+STYLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+"""What a style_config key may look like (no ``$``, dots or NUL: it is stored as a field name)."""
+SAFE_INTEGER = 2**53
+"""Integers beyond this do not survive JSON clients or BSON's int64 intact."""
+
+
+def style_config_field(data: dict[str, Any], max_keys: int, max_chars: int) -> dict[str, Any]:
+    """The request's ``style_config``: a flat object, validated, never truncated.
+
+    A style config is stored in the session record and travels into every prompt, so it
+    is bounded at the door: at most ``max_keys`` keys shaped like identifiers, each
+    value a string of at most ``max_chars`` characters, a list of at most ``max_keys``
+    such strings, a boolean, a safe integer, a finite number or null. Anything else is
+    a 422 naming the field (``style_config.art_style``) and nothing is started. (The
+    prompt writer cuts the values it uses much shorter still, to 80-200 characters.)
+    """
     value = data.get("style_config", {})
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ValidationError("style_config must be an object", details={"field": "style_config"})
+    if len(value) > max_keys:
+        raise ValidationError(
+            f"style_config has {len(value)} keys; at most {max_keys} are allowed",
+            details={"field": "style_config", "max_keys": max_keys},
+        )
+    for key, item in value.items():
+        if not STYLE_KEY.fullmatch(key):
+            raise ValidationError(
+                "style_config keys must be identifiers of at most 64 characters",
+                details={"field": "style_config", "key": key[:64]},
+            )
+        _check_style_value(f"style_config.{key}", item, max_keys, max_chars)
     return value
+
+
+def _check_style_value(field: str, item: Any, max_keys: int, max_chars: int) -> None:
+    if item is None or isinstance(item, bool | float):  # floats are finite (parse_json)
+        return
+    if isinstance(item, int):
+        if abs(item) > SAFE_INTEGER:
+            raise ValidationError(f"{field} is out of range", details={"field": field})
+        return
+    if isinstance(item, str):
+        if len(item) > max_chars:
+            raise ValidationError(
+                f"{field} is {len(item)} characters long; at most {max_chars} are allowed",
+                details={"field": field, "max_chars": max_chars},
+            )
+        return
+    if isinstance(item, list) and len(item) <= max_keys and all(isinstance(v, str) for v in item):
+        for v in item:
+            _check_style_value(field, v, max_keys, max_chars)
+        return
+    raise ValidationError(
+        f"{field} must be a string, a list of at most {max_keys} strings, a number, "
+        "a boolean or null",
+        details={"field": field},
+    )
 
 
 def _text_field(data: dict[str, Any], name: str) -> str:
@@ -81,13 +134,18 @@ def _text_field(data: dict[str, Any], name: str) -> str:
 
 @routes.post("/api/process")
 async def start_processing(request: web.Request) -> web.Response:
-    """Start illustrating a manuscript, or return the live session already doing it."""
+    """Start illustrating a manuscript, or return the live session already doing it.
+
+    Every field is validated before anything starts (422 naming the field); an oversized
+    ``style_config`` is rejected, not truncated (see ``style_config_field``).
+    """
     engine = request.app[ENGINE_KEY]
     data = await json_object(request)
     if "manuscript_id" not in data:
         raise ValidationError("manuscript_id is required", details={"field": "manuscript_id"})
     mid = manuscript_id(data["manuscript_id"])
-    style = _style_config(data)
+    server = request.app[CONFIG_KEY].server
+    style = style_config_field(data, server.max_style_keys, server.max_style_value_chars)
     default_moments = request.app[CONFIG_KEY].processing.default_max_moments
     moments = int_field(data, "max_emotional_moments", default_moments, 1, 20)
     force_new = bool_field(data, "force_new")

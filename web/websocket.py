@@ -4,7 +4,14 @@ and ``/ws/gallery/{manuscript_id}`` (new images and progress of a manuscript's s
 Each socket has a bounded queue and one writer task; hub listeners (on the loop thread)
 only enqueue, so a slow client never slows the engine. A client that falls further
 behind than the queue holds gets a ``resync`` frame (with the last event it was sent)
-and is closed, so it reconnects with ``?after=``.
+and is closed, so it reconnects with ``?after=``; one that stops reading altogether
+(a send blocks for ``server.websocket_send_timeout_seconds``) is disconnected.
+
+Hostile clients: at most ``server.max_websockets`` sockets are open (more get a 503
+JSON reply at the handshake); client frames are capped at
+``server.websocket_max_message_bytes`` (close 1009); binary frames close the socket
+(1003); text frames other than ``ping`` are ignored, and a flood of pings gets at most
+one queued ``pong`` at a time, so nothing a client sends is buffered without bound.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from domain import SessionId, manuscript_id, session_id
 from errors import DatabaseUnavailableError
 from storage.records import LogEntry
 from web.keys import CONFIG_KEY, ENGINE_KEY, WEBSOCKETS_KEY
+from web.middlewares import error_body
 from web.responses import dumps, query_int
 from web.sessions import find_session
 
@@ -35,10 +43,14 @@ REPLAY_PAGE = 500
 class Subscriber:
     """One socket's outgoing side: a bounded queue drained by one writer task."""
 
-    def __init__(self, ws: web.WebSocketResponse, size: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        server = request.app[CONFIG_KEY].server
         self.ws = ws
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=size)
+        self.request = request
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(server.websocket_queue_size)
+        self.send_timeout = server.websocket_send_timeout_seconds
         self.overflowed = False
+        self.pong_queued = False
         self.last_sent = 0
         self.unsubscribe: Any = None
 
@@ -53,8 +65,34 @@ class Subscriber:
             if self.unsubscribe is not None:
                 self.unsubscribe()
 
+    def offer_pong(self) -> None:
+        """Answer a client ping, with at most one pong waiting (a ping flood queues nothing)."""
+        if self.pong_queued or self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(PONG)
+        except asyncio.QueueFull:
+            return  # events fill the queue; the client is busy enough
+        self.pong_queued = True
+
     async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send_str(dumps(frame))
+        """Send one frame; a client that does not take it in time is disconnected.
+
+        Raises:
+            ClientNotReadingError: the send blocked for ``send_timeout`` (connection aborted).
+        """
+        if frame is PONG:
+            self.pong_queued = False
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self.ws.send_str(dumps(frame))
+        except TimeoutError as exc:
+            logger.info("websocket client %s stopped reading; disconnecting", self.request.remote)
+            if self.unsubscribe is not None:
+                self.unsubscribe()
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            raise ClientNotReadingError from exc
         seq = frame.get("event_seq")
         if isinstance(seq, int):
             self.last_sent = seq
@@ -69,8 +107,15 @@ class Subscriber:
                     await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"resync")
                     return
                 await self.send(await self.queue.get())
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionResetError, ClientNotReadingError, asyncio.CancelledError):
             return
+
+
+class ClientNotReadingError(Exception):
+    """A WebSocket client stopped reading; its connection was aborted."""
+
+
+PONG: dict[str, Any] = {"type": "pong"}
 
 
 def check_origin(request: web.Request) -> None:
@@ -87,19 +132,59 @@ def check_origin(request: web.Request) -> None:
     raise web.HTTPForbidden(reason="origin not allowed")
 
 
-async def _open(request: web.Request) -> web.WebSocketResponse:
-    config = request.app[CONFIG_KEY].server
-    ws = web.WebSocketResponse(heartbeat=config.heartbeat_seconds, max_msg_size=64 * 1024)
-    await ws.prepare(request)
-    request.app[WEBSOCKETS_KEY].add(ws)
+def _admit(request: web.Request) -> web.WebSocketResponse:
+    """Reserve one of ``server.max_websockets`` slots for a new (not yet open) socket.
+
+    The slot is taken at once, before any await, so concurrent handshakes cannot
+    overshoot the cap; ``_release`` gives it back.
+
+    Raises:
+        TooManySocketsError: every slot is taken (503 before the upgrade).
+    """
+    server = request.app[CONFIG_KEY].server
+    sockets = request.app[WEBSOCKETS_KEY]
+    if len(sockets) >= server.max_websockets:
+        raise TooManySocketsError(server.max_websockets)
+    ws = web.WebSocketResponse(
+        heartbeat=server.heartbeat_seconds,
+        max_msg_size=server.websocket_max_message_bytes,
+        timeout=server.websocket_close_timeout_seconds,
+    )
+    sockets.add(ws)
     return ws
 
 
-async def _read_until_closed(ws: web.WebSocketResponse) -> None:
-    """Only the handler task reads; clients have nothing to say but may ping."""
+def _release(request: web.Request, ws: web.WebSocketResponse) -> None:
+    request.app[WEBSOCKETS_KEY].discard(ws)
+
+
+class TooManySocketsError(Exception):
+    """Every WebSocket slot is taken."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many open WebSockets (at most {limit}); retry later")
+        self.limit = limit
+
+    def response(self) -> web.Response:
+        """The 503 JSON reply to the handshake."""
+        reply = error_body(str(self), 503, {"max_websockets": self.limit})
+        reply.headers["Retry-After"] = "1"
+        return reply
+
+
+async def _read_until_closed(ws: web.WebSocketResponse, sub: Subscriber) -> None:
+    """Only the handler task reads. Clients have nothing to say but may ping; binary
+    frames close the socket (1003), other text is ignored, nothing is kept."""
     async for message in ws:
-        if message.type == WSMsgType.TEXT and message.data == "ping":
-            await ws.send_str('{"type": "pong"}')
+        if message.type == WSMsgType.TEXT:
+            if message.data in PING_TEXTS:
+                sub.offer_pong()
+        elif message.type == WSMsgType.BINARY:
+            await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text frames only")
+            return
+
+
+PING_TEXTS = frozenset({"ping", '{"type": "ping"}', '{"type":"ping"}'})
 
 
 async def _replay(engine: Engine, sid: SessionId, after: int, sub: Subscriber) -> int:
@@ -128,9 +213,26 @@ async def processing_socket(request: web.Request) -> web.StreamResponse:
     sid = session_id(request.match_info["session_id"])
     after = query_int(request, "after", -1, 0, 2**62) if request.query.get("after") else None
     check_origin(request)
-    view = await find_session(engine, sid)  # 404 before the upgrade
-    ws = await _open(request)
-    sub = Subscriber(ws, request.app[CONFIG_KEY].server.websocket_queue_size)
+    try:
+        ws = _admit(request)
+    except TooManySocketsError as exc:
+        return exc.response()
+    try:
+        view = await find_session(engine, sid)  # 404 before the upgrade
+        await ws.prepare(request)
+        await _follow_session(request, engine, ws, sid, view, after)
+    except ClientNotReadingError:
+        pass
+    finally:
+        _release(request, ws)
+    return ws
+
+
+async def _follow_session(
+    request: web.Request, engine: Engine, ws: web.WebSocketResponse, sid: SessionId,
+    view: dict[str, Any], after: int | None,
+) -> None:
+    sub = Subscriber(ws, request)
     buffered: list[LogEntry] = []
     replaying = True
 
@@ -164,7 +266,7 @@ async def processing_socket(request: web.Request) -> web.StreamResponse:
         buffered.clear()
         replaying = False
         writer = asyncio.create_task(sub.write_loop())
-        await _read_until_closed(ws)
+        await _read_until_closed(ws, sub)
     finally:
         sub.unsubscribe()
         if writer is not None:
@@ -172,7 +274,6 @@ async def processing_socket(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         await ws.close()
-    return ws
 
 
 GALLERY_TYPES = {"image": "new_image", "progress": "processing_progress", "complete": "processing_complete"}
@@ -184,9 +285,23 @@ async def gallery_socket(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE_KEY]
     mid = manuscript_id(request.match_info["manuscript_id"])
     check_origin(request)
-    await engine.load_manuscript(mid)  # 404 before the upgrade
-    ws = await _open(request)
-    sub = Subscriber(ws, request.app[CONFIG_KEY].server.websocket_queue_size)
+    try:
+        ws = _admit(request)
+    except TooManySocketsError as exc:
+        return exc.response()
+    try:
+        await engine.load_manuscript(mid)  # 404 before the upgrade
+        await ws.prepare(request)
+        await _follow_gallery(request, engine, ws, mid)
+    finally:
+        _release(request, ws)
+    return ws
+
+
+async def _follow_gallery(
+    request: web.Request, engine: Engine, ws: web.WebSocketResponse, mid: str
+) -> None:
+    sub = Subscriber(ws, request)
     ours: set[str] = {s["session_id"] for s in engine.hub.snapshots() if s.get("manuscript_id") == mid}
 
     def on_event(entry: LogEntry) -> None:
@@ -203,19 +318,18 @@ async def gallery_socket(request: web.Request) -> web.StreamResponse:
     sub.offer({"type": "snapshot", "manuscript_id": mid, "live_sessions": sorted(ours)})
     writer = asyncio.create_task(sub.write_loop())
     try:
-        await _read_until_closed(ws)
+        await _read_until_closed(ws, sub)
     finally:
         sub.unsubscribe()
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
         await ws.close()
-    return ws
 
 
 async def close_websockets(app: web.Application) -> None:
     """``on_shutdown``: close every open socket with GOING_AWAY."""
-    sockets = list(app[WEBSOCKETS_KEY])
+    sockets = [ws for ws in app[WEBSOCKETS_KEY] if ws.prepared]
     if sockets:
         logger.info("closing %d websockets", len(sockets))
     await asyncio.gather(
