@@ -1,0 +1,67 @@
+"""The server starts and works while its database is unreachable (degraded mode)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from tests_support import EventRecorder
+
+from config import config_from_mapping
+from pipeline.providers import RecordingProviders
+from web.app import create_app
+from web.keys import ENGINE_KEY
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_server_starts_degraded_and_processes_on_files(aiohttp_client, tmp_path: Path) -> None:
+    port = closed_port()  # nothing listens there: the database is down from the start
+    config = config_from_mapping(
+        {
+            "mongodb": {
+                "uri": f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false",
+                "server_selection_timeout_ms": 100,
+            },
+            "output": {"directory": str(tmp_path / "out")},
+            "processing": {"auto_resume": False},
+            "providers": {"image_size": 32},
+        },
+        env={},
+    )
+    client = await aiohttp_client(create_app(config, providers=RecordingProviders()))
+    engine = client.app[ENGINE_KEY]
+
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "degraded"
+    assert health["database_reachable"] is False
+
+    created = await client.post(
+        "/api/manuscripts",
+        json={"title": "Offline", "author": "T", "chapters": [{"title": "One", "content": "Joy and fear at the sea. " * 20}]},
+    )
+    assert created.status in (200, 201), await created.text()
+    manuscript_id = (await created.json())["manuscript_id"]
+    recorder = EventRecorder(engine)
+    started = await client.post("/api/process", json={"manuscript_id": manuscript_id, "max_emotional_moments": 2})
+    assert started.status == 200, await started.text()
+    session_id = (await started.json())["session_id"]
+    assert await recorder.wait_final(session_id) == "completed"
+
+    # The files are the durable record: every checkpoint is there, gap-free.
+    checkpoints = engine.files.load_checkpoints(session_id)
+    assert [cp.sequence_number for cp in checkpoints] == list(range(1, len(checkpoints) + 1))
+    assert str(checkpoints[-1].checkpoint_type) == "session_completed"
+    # The database's share waits in the backlog, visible to operators.
+    health = await (await client.get("/health")).json()
+    assert health["persistence_backlog"] > 0
+    metrics = await (await client.get("/metrics")).text()
+    backlog_lines = [line for line in metrics.splitlines() if "backlog_records" in line and not line.startswith("#")]
+    assert backlog_lines and float(backlog_lines[0].split()[-1]) > 0
