@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     process.set_defaults(handler=_process)
 
+    watch = commands.add_parser("watch", help="print a session's WebSocket events as JSON lines")
+    watch.add_argument("session_id")
+    watch.add_argument("--url", default=None, help="server URL (default: http://HOST:PORT from the config)")
+    watch.add_argument("--after", type=int, default=None, help="replay events after this event_seq first")
+    watch.add_argument("--token", default=None, help="bearer token when server.api_tokens is set")
+    watch.set_defaults(handler=_watch)
+
     sessions = commands.add_parser("sessions", help="inspect stored sessions")
     sessions_commands = sessions.add_subparsers(dest="sessions_command", required=True)
     listing = sessions_commands.add_parser("list", help="sessions with status and progress")
@@ -121,6 +128,43 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         shutdown_timeout=30,
     )
     return 0
+
+
+# -- watch -------------------------------------------------------------------------------
+
+
+def _watch(config: Config, args: argparse.Namespace) -> int:
+    """Follow /ws/processing/{id} until the session completes, fails, pauses or is cancelled."""
+    import aiohttp
+
+    base = args.url or f"http://{config.server.host}:{config.server.port}"
+    query = {} if args.after is None else {"after": str(args.after)}
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+
+    async def run() -> int:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            try:
+                socket = await http.ws_connect(f"{base}/ws/processing/{args.session_id}", params=query)
+            except aiohttp.WSServerHandshakeError as exc:
+                print(f"illustrator: {exc.status} {exc.message}", file=sys.stderr)
+                return 1
+            except aiohttp.ClientError as exc:
+                print(f"illustrator: cannot reach {base}: {exc}", file=sys.stderr)
+                return 1
+            async with socket:
+                async for message in socket:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    print(message.data, flush=True)
+                    frame = json.loads(message.data)
+                    kind, status = frame.get("type"), frame.get("status")
+                    if kind in ("complete", "error") or (kind == "status" and status in FINAL_STATUSES):
+                        return 0
+                    if kind == "snapshot" and status in FINAL_STATUSES and args.after is None:
+                        return 0  # already finished: nothing more will come
+        return 0
+
+    return asyncio.run(run())
 
 
 # -- process -------------------------------------------------------------------------------
