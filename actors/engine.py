@@ -63,6 +63,7 @@ from storage.records import Checkpoint
 logger = logging.getLogger(__name__)
 
 LIVE_STATUSES = ("pending", "queued", "running")
+RECOVERY_CONCURRENCY = 32
 
 
 class Engine(OperatorCommands):
@@ -336,15 +337,22 @@ class Engine(OperatorCommands):
 
     # -- loading for resume ------------------------------------------------------------------
 
-    async def load_state(self, session_id: str) -> SessionState:
-        """Rebuild a session's state from the newest durable record (database or files)."""
+    async def load_state(
+        self, session_id: str, files: tuple[dict[str, Any] | None, list[Checkpoint]] | None = None
+    ) -> SessionState:
+        """Rebuild a session's state from the newest durable record (database or files).
+
+        ``files`` passes the session's file records when a scan already read them.
+        """
         sid = valid_session_id(session_id)
-        document, checkpoints = await self._load_records(sid)
+        document, checkpoints = await self._load_records(sid, files)
         state = SessionState.rebuild(document, checkpoints)
         state.last_event_seq = max(state.last_event_seq, await self._max_stored_event_seq(sid, state.last_event_seq))
         return state
 
-    async def _load_records(self, sid: SessionId) -> tuple[dict[str, Any], list[Checkpoint]]:
+    async def _load_records(
+        self, sid: SessionId, files: tuple[dict[str, Any] | None, list[Checkpoint]] | None = None
+    ) -> tuple[dict[str, Any], list[Checkpoint]]:
         db_document: dict[str, Any] | None = None
         db_checkpoints: list[Checkpoint] = []
         if self.store is not None:
@@ -355,7 +363,9 @@ class Engine(OperatorCommands):
                 logger.warning("database unavailable; resuming %s from files", sid)
             if found is not None:
                 db_document, db_checkpoints = found
-        file_document, file_checkpoints = await asyncio.to_thread(self._load_files, sid)
+        if files is None:
+            files = await asyncio.to_thread(self._load_files, sid)
+        file_document, file_checkpoints = files
         document = db_document or file_document
         if document is None:
             raise NotFoundError(f"session {sid} not found")
@@ -407,15 +417,24 @@ class Engine(OperatorCommands):
             if document.get("status") in LIVE_STATUSES:
                 candidates.add(sid)
         recovered: list[str] = []
-        for sid in sorted(candidates):
+        manuscripts: dict[str, asyncio.Future[Manuscript]] = {}
+
+        async def manuscript_of(mid: str) -> Manuscript:
+            # One read per manuscript, however many of its sessions resume.
+            if mid not in manuscripts:
+                manuscripts[mid] = asyncio.ensure_future(self.load_manuscript(mid))
+            return await manuscripts[mid]
+
+        async def recover_one(sid: str) -> None:
             if self.hub.snapshot(sid) is not None:
-                continue
+                return
             try:
-                state = await self.load_state(sid)
+                # The scan already read every file: no per-session directory listing.
+                state = await self.load_state(sid, (report.sessions.get(sid), report.checkpoints.get(sid, [])))
             except NotFoundError:
-                continue
+                return
             if state.phase == Phase.DONE:
-                continue
+                return
             state.status = SessionStatus.INTERRUPTED
             assert self.persistence is not None
             self.persistence.tell(
@@ -434,11 +453,16 @@ class Engine(OperatorCommands):
             )
             if auto:
                 try:
-                    manuscript = await self.load_manuscript(state.manuscript_id)
+                    manuscript = await manuscript_of(state.manuscript_id)
                 except NotFoundError:
                     logger.error("session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id)
-                    continue
+                    return
                 await self._submit(state, manuscript, resumed=True)
+
+        ordered = sorted(candidates)
+        for start in range(0, len(ordered), RECOVERY_CONCURRENCY):
+            # Database reads of several sessions overlap; the driver's pool stays unstarved.
+            await asyncio.gather(*(recover_one(sid) for sid in ordered[start : start + RECOVERY_CONCURRENCY]))
         return recovered
 
 

@@ -8,7 +8,9 @@ the session document embeds only :meth:`Checkpoint.compact` forms of the latest 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -139,6 +141,11 @@ class LogEntry:
             "step_name": self.step_name,
             "timestamp": self.timestamp,
         }
+
+    @cached_property
+    def frame_json(self) -> str:
+        """The frame as JSON text, encoded once however many subscribers receive it."""
+        return json.dumps(self.to_frame())
 
     def to_frame(self) -> dict[str, Any]:
         """The WebSocket frame this event is sent as."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -75,6 +75,10 @@ class Subscriber:
             return  # events fill the queue; the client is busy enough
         self.pong_queued = True
 
+    def offer_event(self, entry: LogEntry) -> None:
+        """Enqueue an event: its JSON text is shared by every subscriber (encoded once)."""
+        self.offer(_Encoded(entry.frame_json, entry.event_seq))  # type: ignore[arg-type]
+
     async def send(self, frame: dict[str, Any]) -> None:
         """Send one frame; a client that does not take it in time is disconnected.
 
@@ -83,9 +87,21 @@ class Subscriber:
         """
         if frame is PONG:
             self.pong_queued = False
+        if isinstance(frame, _Encoded):
+            text, seq = frame.text, frame.event_seq
+        else:
+            text, seq = dumps(frame), frame.get("event_seq")
+        transport = self.request.transport
+        if transport is not None and transport.get_write_buffer_size() < CONGESTED_BYTES:
+            # The common case: the frame goes straight into the socket buffer. A timer per
+            # send would cost more than the send itself with a thousand subscribers.
+            await self.ws.send_str(text)
+            if isinstance(seq, int):
+                self.last_sent = seq
+            return
         try:
             async with asyncio.timeout(self.send_timeout):
-                await self.ws.send_str(dumps(frame))
+                await self.ws.send_str(text)
         except TimeoutError as exc:
             logger.info("websocket client %s stopped reading; disconnecting", self.request.remote)
             if self.unsubscribe is not None:
@@ -93,7 +109,6 @@ class Subscriber:
             if self.request.transport is not None:
                 self.request.transport.abort()
             raise ClientNotReadingError from exc
-        seq = frame.get("event_seq")
         if isinstance(seq, int):
             self.last_sent = seq
 
@@ -111,11 +126,20 @@ class Subscriber:
             return
 
 
+class _Encoded(NamedTuple):
+    """An event frame already encoded as JSON text."""
+
+    text: str
+    event_seq: int
+
+
 class ClientNotReadingError(Exception):
     """A WebSocket client stopped reading; its connection was aborted."""
 
 
 PONG: dict[str, Any] = {"type": "pong"}
+CONGESTED_BYTES = 64 * 1024
+"""Above this much unsent data a send may block: then it runs under the send timeout."""
 
 
 def check_origin(request: web.Request) -> None:
@@ -240,7 +264,7 @@ async def _follow_session(
         if replaying:
             buffered.append(entry)
         else:
-            sub.offer(entry.to_frame())
+            sub.offer_event(entry)
 
     # Subscribe BEFORE reading storage: whatever is published meanwhile is buffered.
     sub.unsubscribe = engine.hub.subscribe(sid, on_event)
@@ -262,7 +286,7 @@ async def _follow_session(
         last = await _replay(engine, sid, after, sub) if after is not None else -1
         for entry in buffered:
             if entry.event_seq > last:
-                sub.offer(entry.to_frame())
+                sub.offer_event(entry)
         buffered.clear()
         replaying = False
         writer = asyncio.create_task(sub.write_loop())
