@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="illustrator", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", metavar="PATH", help="configuration file (default: ./config.toml)")
+    parser.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: ./config.toml)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -62,21 +64,33 @@ def _parser() -> argparse.ArgumentParser:
 
     process = commands.add_parser("process", help="illustrate a manuscript file in-process")
     process.add_argument("file", type=Path, help="manuscript: .json, .txt or .md")
-    process.add_argument("--style", default="digital painting", help="art style (style_config.art_style)")
-    process.add_argument("--palette", default="", help="colour palette (style_config.color_palette)")
-    process.add_argument("--max-moments", type=int, default=None, help="emotional moments per chapter (1-20)")
+    process.add_argument(
+        "--style", default="digital painting", help="art style (style_config.art_style)"
+    )
+    process.add_argument(
+        "--palette", default="", help="colour palette (style_config.color_palette)"
+    )
+    process.add_argument(
+        "--max-moments", type=int, default=None, help="emotional moments per chapter (1-20)"
+    )
     process.add_argument("--new", action="store_true", help="start over instead of resuming")
     process.add_argument("--quiet", action="store_true", help="no progress bar")
     process.add_argument(
-        "--events-jsonl", type=Path, metavar="PATH",
+        "--events-jsonl",
+        type=Path,
+        metavar="PATH",
         help="append every session event (sent only once durable) to PATH as JSON lines",
     )
     process.set_defaults(handler=_process)
 
     watch = commands.add_parser("watch", help="print a session's WebSocket events as JSON lines")
     watch.add_argument("session_id")
-    watch.add_argument("--url", default=None, help="server URL (default: http://HOST:PORT from the config)")
-    watch.add_argument("--after", type=int, default=None, help="replay events after this event_seq first")
+    watch.add_argument(
+        "--url", default=None, help="server URL (default: http://HOST:PORT from the config)"
+    )
+    watch.add_argument(
+        "--after", type=int, default=None, help="replay events after this event_seq first"
+    )
     watch.add_argument("--token", default=None, help="bearer token when server.api_tokens is set")
     watch.set_defaults(handler=_watch)
 
@@ -89,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("session_id")
     dump.add_argument("--output", type=Path, help="also copy the bundle to this path")
     dump.set_defaults(handler=_sessions_dump)
-    restore = sessions_commands.add_parser("restore", help="import a recovery bundle (it can then resume)")
+    restore = sessions_commands.add_parser(
+        "restore", help="import a recovery bundle (it can then resume)"
+    )
     restore.add_argument("bundle", type=Path)
     restore.set_defaults(handler=_sessions_restore)
     check = sessions_commands.add_parser(
@@ -124,7 +140,9 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         create_app(config),
         host=server.host,
         port=server.port,
-        print=lambda text: print(text.replace("(Press CTRL+C to quit)", "(Ctrl-C pauses sessions and stops)"), flush=True),
+        print=lambda text: print(
+            text.replace("(Press CTRL+C to quit)", "(Ctrl-C pauses sessions and stops)"), flush=True
+        ),
         shutdown_timeout=30,
     )
     return 0
@@ -144,7 +162,9 @@ def _watch(config: Config, args: argparse.Namespace) -> int:
     async def run() -> int:
         async with aiohttp.ClientSession(headers=headers) as http:
             try:
-                socket = await http.ws_connect(f"{base}/ws/processing/{args.session_id}", params=query)
+                socket = await http.ws_connect(
+                    f"{base}/ws/processing/{args.session_id}", params=query
+                )
             except aiohttp.WSServerHandshakeError as exc:
                 print(f"illustrator: {exc.status} {exc.message}", file=sys.stderr)
                 return 1
@@ -158,7 +178,9 @@ def _watch(config: Config, args: argparse.Namespace) -> int:
                     print(message.data, flush=True)
                     frame = json.loads(message.data)
                     kind, status = frame.get("type"), frame.get("status")
-                    if kind in ("complete", "error") or (kind == "status" and status in FINAL_STATUSES):
+                    if kind in ("complete", "error") or (
+                        kind == "status" and status in FINAL_STATUSES
+                    ):
                         return 0
                     if kind == "snapshot" and status in FINAL_STATUSES and args.after is None:
                         return 0  # already finished: nothing more will come
@@ -187,18 +209,29 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
         await engine.save_manuscript(manuscript, manuscript_id)
         previous = None if args.new else await _latest_session(engine, manuscript_id)
         if previous is not None and previous.get("status") == "completed":
-            print(f"Manuscript already illustrated by session {previous['session_id']} "
-                  f"({previous.get('total_images_generated', 0)} images); use --new to start over.")
+            print(
+                f"Manuscript already illustrated by session {previous['session_id']} "
+                f"({previous.get('total_images_generated', 0)} images); use --new to start over."
+            )
             return 0
         finished = asyncio.get_running_loop().create_future()
         if previous is not None and previous.get("status") != "cancelled":
             sid = previous["session_id"]
             state = await engine.load_state(sid)
-            where = f"chapter {state.current_chapter}" if state.current_chapter else (
-                f"chapter {state.last_completed_chapter + 1}" if state.processed_chapters else "the start")
-            print(f"Resuming session {sid} from {where}, {state.last_work_checkpoint or 'not started'} "
-                  f"({len(state.processed_chapters)}/{state.total_chapters or len(manuscript.chapters)} chapters done)",
-                  flush=True)
+            where = (
+                f"chapter {state.current_chapter}"
+                if state.current_chapter
+                else (
+                    f"chapter {state.last_completed_chapter + 1}"
+                    if state.processed_chapters
+                    else "the start"
+                )
+            )
+            print(
+                f"Resuming session {sid} from {where}, {state.last_work_checkpoint or 'not started'} "
+                f"({len(state.processed_chapters)}/{state.total_chapters or len(manuscript.chapters)} chapters done)",
+                flush=True,
+            )
             _follow(engine, sid, finished, quiet=args.quiet, events_path=args.events_jsonl)
             await engine.resume_session(sid)
         else:
@@ -209,7 +242,10 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
                 manuscript_id, style_config=style, max_emotional_moments=args.max_moments
             )
             sid = started["session_id"]
-            print(f"Started session {sid}: '{manuscript.title}', {len(manuscript.chapters)} chapters", flush=True)
+            print(
+                f"Started session {sid}: '{manuscript.title}', {len(manuscript.chapters)} chapters",
+                flush=True,
+            )
             _follow(engine, sid, finished, quiet=args.quiet, events_path=args.events_jsonl)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -237,7 +273,12 @@ async def _pause(engine: Any, sid: str) -> None:
 
 
 def _follow(
-    engine: Any, sid: str, finished: asyncio.Future[str], *, quiet: bool, events_path: Path | None = None
+    engine: Any,
+    sid: str,
+    finished: asyncio.Future[str],
+    *,
+    quiet: bool,
+    events_path: Path | None = None,
 ) -> None:
     events_file = events_path.open("a", encoding="utf-8") if events_path is not None else None
 
@@ -250,8 +291,13 @@ def _follow(
         if kind == "progress" and not quiet:
             done = int(frame["progress"] / 2.5)
             bar = "#" * done + "-" * (40 - done)
-            print(f"\r[{bar}] {frame['progress']:3d}%  chapters {frame['chapters_processed']}/"
-                  f"{frame['total_chapters']}  images {frame['images_generated']}", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{bar}] {frame['progress']:3d}%  chapters {frame['chapters_processed']}/"
+                f"{frame['total_chapters']}  images {frame['images_generated']}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         elif kind == "complete" and not finished.done():
             finished.set_result("completed")
         elif kind == "error" and not finished.done():
@@ -324,11 +370,15 @@ async def _sessions_list_async(config: Config, args: argparse.Namespace) -> int:
     if not documents:
         print("No sessions.")
         return 0
-    print(f"{'SESSION':36}  {'STATUS':11}  {'PROGRESS':>8}  {'CHAPTERS':>8}  {'IMAGES':>6}  STARTED")
+    print(
+        f"{'SESSION':36}  {'STATUS':11}  {'PROGRESS':>8}  {'CHAPTERS':>8}  {'IMAGES':>6}  STARTED"
+    )
     for d in documents:
         chapters = f"{len(d.get('processed_chapters') or [])}/{d.get('total_chapters') or 0}"
-        print(f"{d['session_id']:36}  {d.get('status', '?'):11}  {d.get('progress_percent', 0):>7}%  "
-              f"{chapters:>8}  {d.get('total_images_generated', 0):>6}  {str(d.get('started_at', ''))[:19]}")
+        print(
+            f"{d['session_id']:36}  {d.get('status', '?'):11}  {d.get('progress_percent', 0):>7}%  "
+            f"{chapters:>8}  {d.get('total_images_generated', 0):>6}  {str(d.get('started_at', ''))[:19]}"
+        )
     return 0
 
 
@@ -369,11 +419,15 @@ def _sessions_restore(config: Config, args: argparse.Namespace) -> int:
     async def work(engine: Any) -> int:
         sid = await engine.restore_bundle(args.bundle)
         state = await engine.load_state(sid)
-        print(f"Restored session {sid}: {state.status}, checkpoint {state.last_sequence_number}, "
-              f"{len(state.processed_chapters)}/{state.total_chapters} chapters done.")
+        print(
+            f"Restored session {sid}: {state.status}, checkpoint {state.last_sequence_number}, "
+            f"{len(state.processed_chapters)}/{state.total_chapters} chapters done."
+        )
         if state.status.value in ("paused", "failed", "interrupted"):
-            print(f"Resume it with: curl -X POST http://{config.server.host}:{config.server.port}"
-                  f"/api/process/resume/{sid}")
+            print(
+                f"Resume it with: curl -X POST http://{config.server.host}:{config.server.port}"
+                f"/api/process/resume/{sid}"
+            )
         return 0
 
     return _with_engine(config, work)

@@ -164,9 +164,7 @@ _MAXIMUMS: dict[tuple[str, str], float] = {
 }
 
 
-def load_config(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` (default: the project's ``config.toml``), then apply env overrides."""
     env = os.environ if env is None else env
     chosen = Path(path) if path is not None else DEFAULT_CONFIG_PATH
@@ -194,13 +192,15 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = 
             raise ConfigError(f"[{name}] must be a table", details={"key": name})
     overrides = _env_overrides(env or {}, sections)
     built: dict[str, Any] = {}
-    for name, section_field in sections.items():
+    for name, _section_field in sections.items():
         cls = typing.get_type_hints(Config)[name]
         built[name] = _build_section(name, cls, dict(raw.get(name, {})), overrides.get(name, {}))
     return Config(**built)
 
 
-def _env_overrides(env: Mapping[str, str], sections: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+def _env_overrides(
+    env: Mapping[str, str], sections: Mapping[str, Any]
+) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX):
@@ -292,7 +292,9 @@ def _check_range(section: str, key: str, value: Any) -> None:
     full = f"{section}.{key}"
     choices = _CHOICES.get((section, key))
     if choices is not None and value not in choices:
-        raise ConfigError(f"{full} must be one of {list(choices)}, got {value!r}", details={"key": full})
+        raise ConfigError(
+            f"{full} must be one of {list(choices)}, got {value!r}", details={"key": full}
+        )
     low = _MINIMUMS.get((section, key))
     if low is not None and value < low:
         raise ConfigError(f"{full} must be at least {low}, got {value!r}", details={"key": full})

@@ -9,6 +9,7 @@ manuscript) is async I/O done here, before the supervisor gets a ready state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -108,7 +109,9 @@ class Engine(OperatorCommands):
             if self.database_ok:
                 await self._reconcile()
         processing = self.config.processing
-        self.persistence = self.persistence_class.start(self.files, self.store_factory, self.config.persistence)
+        self.persistence = self.persistence_class.start(
+            self.files, self.store_factory, self.config.persistence
+        )
         self.supervisor = SessionSupervisor.start(
             self.providers,
             self.persistence,
@@ -136,7 +139,9 @@ class Engine(OperatorCommands):
         if report is not None and (report.checkpoints_to_database or report.checkpoints_to_files):
             logger.info(
                 "reconciled %d sessions: %d checkpoints to the database, %d to the files",
-                report.sessions_checked, report.checkpoints_to_database, report.checkpoints_to_files,
+                report.sessions_checked,
+                report.checkpoints_to_database,
+                report.checkpoints_to_files,
             )
         self.last_reconcile = report
         await self._reconcile_manuscripts()
@@ -156,7 +161,9 @@ class Engine(OperatorCommands):
                     document = await asyncio.to_thread(self.files.load_json, path)
                     document.pop("format_version", None)
                     await self.store.create_manuscript(document)
-                    logger.info("reconcile: manuscript %s copied from its file to the database", mid)
+                    logger.info(
+                        "reconcile: manuscript %s copied from its file to the database", mid
+                    )
             except IllustratorError as exc:
                 logger.warning("reconcile: manuscript file %s skipped: %s", path, exc)
 
@@ -205,7 +212,9 @@ class Engine(OperatorCommands):
 
     # -- manuscripts ---------------------------------------------------------------------
 
-    async def save_manuscript(self, manuscript: Manuscript, manuscript_id: str | None = None) -> str:
+    async def save_manuscript(
+        self, manuscript: Manuscript, manuscript_id: str | None = None
+    ) -> str:
         """Store a manuscript (database and file); returns its id."""
         mid = valid_manuscript_id(manuscript_id) if manuscript_id else ManuscriptId(new_id())
         document = {"_id": mid, "manuscript_id": mid, **manuscript.to_dict()}
@@ -253,11 +262,15 @@ class Engine(OperatorCommands):
         manuscript = await self.load_manuscript(manuscript_id)
         moments = max_emotional_moments or self.config.processing.default_max_moments
         if not 1 <= moments <= 20:
-            raise ValidationError("max_emotional_moments must be between 1 and 20", details={"field": "max_emotional_moments"})
+            raise ValidationError(
+                "max_emotional_moments must be between 1 and 20",
+                details={"field": "max_emotional_moments"},
+            )
         numbers = [c.number for c in manuscript.chapters]
         if start_from_chapter < 1 or start_from_chapter > max(numbers):
             raise ValidationError(
-                f"start_from_chapter must be between 1 and {max(numbers)}", details={"field": "start_from_chapter"}
+                f"start_from_chapter must be between 1 and {max(numbers)}",
+                details={"field": "start_from_chapter"},
             )
         state = SessionState(
             session_id=SessionId(new_id()),
@@ -276,15 +289,22 @@ class Engine(OperatorCommands):
         if live is not None:
             return {"is_existing": True, **live}
         state = await self.load_state(sid)
-        if state.status in (SessionStatus.COMPLETED, SessionStatus.CANCELLED) or state.phase == Phase.DONE:
+        if (
+            state.status in (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
+            or state.phase == Phase.DONE
+        ):
             raise ConflictError(f"session {sid} is {state.status} and cannot be resumed")
         manuscript = await self.load_manuscript(state.manuscript_id)
         return await self._submit(state, manuscript, resumed=True)
 
-    async def _submit(self, state: SessionState, manuscript: Manuscript, *, resumed: bool) -> dict[str, Any]:
+    async def _submit(
+        self, state: SessionState, manuscript: Manuscript, *, resumed: bool
+    ) -> dict[str, Any]:
         assert self.supervisor is not None, "engine not started"
         reply = Reply.for_loop()
-        self.supervisor.tell(StartSession(state=state, manuscript=manuscript, resumed=resumed, reply=reply))
+        self.supervisor.tell(
+            StartSession(state=state, manuscript=manuscript, resumed=resumed, reply=reply)
+        )
         result: dict[str, Any] = await reply.wait(30)
         return result
 
@@ -347,7 +367,9 @@ class Engine(OperatorCommands):
         sid = valid_session_id(session_id)
         document, checkpoints = await self._load_records(sid, files)
         state = SessionState.rebuild(document, checkpoints)
-        state.last_event_seq = max(state.last_event_seq, await self._max_stored_event_seq(sid, state.last_event_seq))
+        state.last_event_seq = max(
+            state.last_event_seq, await self._max_stored_event_seq(sid, state.last_event_seq)
+        )
         return state
 
     async def _load_records(
@@ -375,13 +397,27 @@ class Engine(OperatorCommands):
         ordered: list[Checkpoint] = []
         for seq in sorted(merged):
             if seq != len(ordered) + 1:
-                logger.error("session %s: checkpoint %d missing; resuming from %d", sid, len(ordered) + 1, len(ordered))
+                logger.error(
+                    "session %s: checkpoint %d missing; resuming from %d",
+                    sid,
+                    len(ordered) + 1,
+                    len(ordered),
+                )
                 break
             ordered.append(merged[seq])
         if file_document is not None and db_document is not None:
             # The newer record wins for the status (e.g. a pause written while the database was down).
-            if int(file_document.get("last_sequence_number") or 0) > int(db_document.get("last_sequence_number") or 0):
-                document = {**db_document, **{k: file_document[k] for k in ("status", "error_message") if k in file_document}}
+            if int(file_document.get("last_sequence_number") or 0) > int(
+                db_document.get("last_sequence_number") or 0
+            ):
+                document = {
+                    **db_document,
+                    **{
+                        k: file_document[k]
+                        for k in ("status", "error_message")
+                        if k in file_document
+                    },
+                }
         return document, ordered
 
     def _load_files(self, sid: SessionId) -> tuple[dict[str, Any] | None, list[Checkpoint]]:
@@ -408,7 +444,9 @@ class Engine(OperatorCommands):
         candidates: set[str] = set()
         if self.store is not None:
             try:
-                for document in await self.store.list_sessions(statuses=list(LIVE_STATUSES), limit=100_000):
+                for document in await self.store.list_sessions(
+                    statuses=list(LIVE_STATUSES), limit=100_000
+                ):
                     candidates.add(document["session_id"])
             except DatabaseUnavailableError:
                 logger.warning("database unavailable during recovery; using files")
@@ -430,7 +468,9 @@ class Engine(OperatorCommands):
                 return
             try:
                 # The scan already read every file: no per-session directory listing.
-                state = await self.load_state(sid, (report.sessions.get(sid), report.checkpoints.get(sid, [])))
+                state = await self.load_state(
+                    sid, (report.sessions.get(sid), report.checkpoints.get(sid, []))
+                )
             except NotFoundError:
                 return
             if state.phase == Phase.DONE:
@@ -443,31 +483,37 @@ class Engine(OperatorCommands):
                     checkpoint=None,
                     session_fields=state.session_fields(),
                     session_file=state.session_file(),
-                    new_session=state.session_document() if state.last_sequence_number == 0 else None,
+                    new_session=state.session_document()
+                    if state.last_sequence_number == 0
+                    else None,
                 )
             )
             recovered.append(sid)
             logger.info(
                 "session %s was interrupted at checkpoint %d (%s)",
-                sid, state.last_sequence_number, state.last_checkpoint_type or CheckpointType.SESSION_START,
+                sid,
+                state.last_sequence_number,
+                state.last_checkpoint_type or CheckpointType.SESSION_START,
             )
             if auto:
                 try:
                     manuscript = await manuscript_of(state.manuscript_id)
                 except NotFoundError:
-                    logger.error("session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id)
+                    logger.error(
+                        "session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id
+                    )
                     return
                 await self._submit(state, manuscript, resumed=True)
 
         ordered = sorted(candidates)
         for start in range(0, len(ordered), RECOVERY_CONCURRENCY):
             # Database reads of several sessions overlap; the driver's pool stays unstarved.
-            await asyncio.gather(*(recover_one(sid) for sid in ordered[start : start + RECOVERY_CONCURRENCY]))
+            await asyncio.gather(
+                *(recover_one(sid) for sid in ordered[start : start + RECOVERY_CONCURRENCY])
+            )
         return recovered
 
 
 def _stop_actor(ref: pykka.ActorRef[Any]) -> None:
-    try:
+    with contextlib.suppress(pykka.ActorDeadError):
         ref.stop(block=True, timeout=60)
-    except pykka.ActorDeadError:
-        pass

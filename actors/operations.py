@@ -31,11 +31,15 @@ class OperatorCommands:
 
     def _bundle_on_stop(self, entry: Any) -> None:
         """On pause or error (and so at shutdown), write the session's recovery bundle."""
-        stopped = entry.type == "error" or (entry.type == "status" and entry.payload.get("status") == "paused")
+        stopped = entry.type == "error" or (
+            entry.type == "status" and entry.payload.get("status") == "paused"
+        )
         if not stopped:
             return
         reason = "error" if entry.type == "error" else "pause"
-        task = asyncio.get_running_loop().create_task(self._write_bundle_quietly(entry.session_id, reason))
+        task = asyncio.get_running_loop().create_task(
+            self._write_bundle_quietly(entry.session_id, reason)
+        )
         self._bundle_tasks.add(task)
         task.add_done_callback(self._bundle_tasks.discard)
 
@@ -61,13 +65,22 @@ class OperatorCommands:
             except DatabaseUnavailableError:
                 logger.warning("bundle of %s: database unavailable, logs left out", sid)
         if not images:
-            images = [ImageRecord.from_document(cp.checkpoint_data["image"]) for cp in checkpoints if "image" in cp.checkpoint_data]
+            images = [
+                ImageRecord.from_document(cp.checkpoint_data["image"])
+                for cp in checkpoints
+                if "image" in cp.checkpoint_data
+            ]
         if manuscript is None:
             path = self.output_dir / "manuscripts" / f"{state.manuscript_id}.json"
             if path.exists():
                 manuscript = await asyncio.to_thread(self.files.load_json, path)
         bundle = make_bundle(
-            state.session_file(), checkpoints, logs=logs, images=images, manuscript=manuscript, reason=reason
+            state.session_file(),
+            checkpoints,
+            logs=logs,
+            images=images,
+            manuscript=manuscript,
+            reason=reason,
         )
         return await asyncio.to_thread(self.files.write_recovery_bundle, sid, bundle)
 

@@ -35,6 +35,7 @@ from actors.messages import (
     GetPersistenceStats,
     RetryBacklog,
 )
+from actors.reply import tell_quietly
 from config import PersistenceConfig
 from domain import FORMAT_VERSION
 from errors import DatabaseUnavailableError
@@ -62,14 +63,19 @@ class PersistenceStats:
     backlog_records: int = 0
     breaker_open: bool = False
     largest_batch: int = 0
-    ack_latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    ack_latency_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    )
     ack_latency_sum_ms: float = 0.0
     ack_latency_samples: deque[float] = field(default_factory=lambda: deque(maxlen=20000))
     batch_size_counts: dict[int, int] = field(default_factory=dict)
 
     def observe_ack(self, latency_ms: float) -> None:
         """Record one acknowledgement latency."""
-        index = next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if latency_ms <= b), len(LATENCY_BUCKETS_MS))
+        index = next(
+            (i for i, b in enumerate(LATENCY_BUCKETS_MS) if latency_ms <= b),
+            len(LATENCY_BUCKETS_MS),
+        )
         self.ack_latency_counts[index] += 1
         self.ack_latency_sum_ms += latency_ms
         self.ack_latency_samples.append(latency_ms)
@@ -115,7 +121,9 @@ class _PendingSummary:
     urgent: bool = False
 
 
-URGENT_CHECKPOINTS = frozenset({"session_start", "session_completed", "session_paused", "error_occurred"})
+URGENT_CHECKPOINTS = frozenset(
+    {"session_start", "session_completed", "session_paused", "error_occurred"}
+)
 
 
 class PersistenceActor(pykka.ThreadingActor):
@@ -178,13 +186,18 @@ class PersistenceActor(pykka.ThreadingActor):
             _close_loop(self._loop)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        logger.error("persistence actor crashed", exc_info=(exception_type, exception_value, traceback))
+        logger.error(
+            "persistence actor crashed", exc_info=(exception_type, exception_value, traceback)
+        )
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case CheckpointReached() | EventsEmitted():
                 self._pending.append(message)
-                if len(self._pending) >= self.settings.batch_max_records or self.actor_inbox.empty():
+                if (
+                    len(self._pending) >= self.settings.batch_max_records
+                    or self.actor_inbox.empty()
+                ):
                     self._commit()
             case FlushPersistence(reply=reply):
                 self._commit()
@@ -211,7 +224,9 @@ class PersistenceActor(pykka.ThreadingActor):
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(messages))
         size_bucket = 1 << (len(messages) - 1).bit_length()
-        self.stats.batch_size_counts[size_bucket] = self.stats.batch_size_counts.get(size_bucket, 0) + 1
+        self.stats.batch_size_counts[size_bucket] = (
+            self.stats.batch_size_counts.get(size_bucket, 0) + 1
+        )
         checkpoints = [m for m in messages if isinstance(m, CheckpointReached)]
 
         self._queue_database(messages)
@@ -243,7 +258,9 @@ class PersistenceActor(pykka.ThreadingActor):
         for message in checkpoints:
             cp = message.checkpoint
             if cp is not None and self.settings.write_checkpoint_files:
-                items.append((self.files.checkpoint_path(cp.session_id, cp.sequence_number), cp.to_json()))
+                items.append(
+                    (self.files.checkpoint_path(cp.session_id, cp.sequence_number), cp.to_json())
+                )
             latest_file[message.session_id] = message.session_file
         for session_id, content in latest_file.items():
             items.append((self.files.session_path(session_id), content))
@@ -305,7 +322,11 @@ class PersistenceActor(pykka.ThreadingActor):
         now = time.monotonic()
         interval = self.settings.session_summary_interval_ms / 1000
         for session_id, pending in list(self._summaries.items()):
-            due = force or pending.urgent or now - self._summary_written.get(session_id, 0.0) >= interval
+            due = (
+                force
+                or pending.urgent
+                or now - self._summary_written.get(session_id, 0.0) >= interval
+            )
             if not due:
                 continue
             assert work.batch.summary_checkpoints is not None
@@ -320,7 +341,9 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._summary_written[session_id] = now
                 self._summary_status[session_id] = status
         if self._summaries and (self._summary_timer is None or not self._summary_timer.is_alive()):
-            self._summary_timer = threading.Timer(interval, _tell_quietly, args=(self.actor_ref, FlushSummaries()))
+            self._summary_timer = threading.Timer(
+                interval, tell_quietly, args=(self.actor_ref, FlushSummaries())
+            )
             self._summary_timer.daemon = True
             self._summary_timer.start()
 
@@ -344,7 +367,9 @@ class PersistenceActor(pykka.ThreadingActor):
             self._log_counts[session_id] = keep
 
     async def _write_both(self, checkpoints: list[CheckpointReached]) -> str | None:
-        error, _ = await asyncio.gather(asyncio.to_thread(self._write_files, checkpoints), self._drain_async())
+        error, _ = await asyncio.gather(
+            asyncio.to_thread(self._write_files, checkpoints), self._drain_async()
+        )
         return error  # type: ignore[no-any-return]
 
     def _drain_backlog(self) -> None:
@@ -369,7 +394,10 @@ class PersistenceActor(pykka.ThreadingActor):
             self._backlog.popleft()
             self.stats.db_batches += 1
             if self.stats.breaker_open:
-                logger.info("database reachable again; backlog draining (%d batches left)", len(self._backlog))
+                logger.info(
+                    "database reachable again; backlog draining (%d batches left)",
+                    len(self._backlog),
+                )
             self.stats.breaker_open = False
         self.stats.backlog_batches = len(self._backlog)
         self.stats.backlog_records = sum(len(w) for w in self._backlog)
@@ -389,7 +417,9 @@ class PersistenceActor(pykka.ThreadingActor):
             # Half-open probing runs on its own thread with its own client, so a dead
             # database (each attempt waits out serverSelectionTimeoutMS) never stalls the
             # acknowledgements; only a successful ping brings the backlog back here.
-            self._probe = threading.Thread(target=self._probe_database, name="database-probe", daemon=True)
+            self._probe = threading.Thread(
+                target=self._probe_database, name="database-probe", daemon=True
+            )
             self._probe.start()
 
     def _probe_database(self) -> None:
@@ -403,7 +433,7 @@ class PersistenceActor(pykka.ThreadingActor):
         delay = 0.05
         while not self._stopping.wait(delay):
             if not seeds or any(_accepts_connections(host, port) for host, port in seeds):
-                _tell_quietly(self.actor_ref, RetryBacklog())
+                tell_quietly(self.actor_ref, RetryBacklog())
                 return
             delay = min(2.0, delay * 2)
 
@@ -428,13 +458,6 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(loop.shutdown_default_executor())
     finally:
         loop.close()
-
-
-def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass
 
 
 __all__ = ["FORMAT_VERSION", "LATENCY_BUCKETS_MS", "PersistenceActor", "PersistenceStats"]

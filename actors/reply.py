@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from typing import Any
+
+import pykka
 
 
 class Reply:
@@ -63,6 +66,12 @@ class Reply:
         """Block a (non-loop) thread until the answer arrives."""
         assert isinstance(self._future, concurrent.futures.Future), "result() is for thread replies"
         return self._future.result(timeout)
+
+
+def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
+    """Tell from a timer or probe thread; the actor may have stopped meanwhile."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

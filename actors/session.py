@@ -27,6 +27,7 @@ from actors.messages import (
     PauseSession,
     SessionFinished,
 )
+from actors.reply import tell_quietly
 from actors.state import NEXT_ACTION, Phase, SessionState
 from domain import CheckpointType, ProcessingStep, SessionStatus, isoformat, utcnow
 from pipeline.analysis import EmotionalMoment
@@ -96,7 +97,9 @@ class SessionActor(pykka.ThreadingActor):
                 else str(state.last_work_checkpoint or "the start")
             )
             logger.info("Resuming session %s from %s", state.session_id, where)
-            self._emit_log("info", f"Resuming from {where} (checkpoint {state.last_sequence_number})")
+            self._emit_log(
+                "info", f"Resuming from {where} (checkpoint {state.last_sequence_number})"
+            )
         else:
             logger.info("Starting session %s", state.session_id)
         self._emit("status", {"status": "running", "message": "Processing started"})
@@ -111,7 +114,9 @@ class SessionActor(pykka.ThreadingActor):
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # A bug, not a provider error (those are handled per step): report, never raise.
         logger.error(
-            "session %s crashed", self.state.session_id, exc_info=(exception_type, exception_value, traceback)
+            "session %s crashed",
+            self.state.session_id,
+            exc_info=(exception_type, exception_value, traceback),
         )
         self.hub.drop_snapshot(self.state.session_id)
         if self.supervisor is not None:
@@ -204,7 +209,9 @@ class SessionActor(pykka.ThreadingActor):
         first = self.state.start_from_chapter
         numbers = [c.number for c in self.manuscript.chapters if c.number >= first]
         self._emit("step", {"step": 0, "status": "processing"})
-        self._emit_log("info", f"Loaded manuscript '{self.manuscript.title}' ({len(numbers)} chapters)")
+        self._emit_log(
+            "info", f"Loaded manuscript '{self.manuscript.title}' ({len(numbers)} chapters)"
+        )
         self._checkpoint(
             CheckpointType.MANUSCRIPT_LOADED,
             ProcessingStep.LOADING_MANUSCRIPT,
@@ -233,7 +240,9 @@ class SessionActor(pykka.ThreadingActor):
         self._flush_events_now()
         moments = self.providers.analyzer.analyze(chapter, self.state.max_emotional_moments)
         self._emit_log(
-            "success", f"Found {len(moments)} emotional moments in chapter {chapter.number}", chapter=chapter.number
+            "success",
+            f"Found {len(moments)} emotional moments in chapter {chapter.number}",
+            chapter=chapter.number,
         )
         self._emit("step", {"step": 0, "status": "completed"})
         self._checkpoint(
@@ -252,7 +261,11 @@ class SessionActor(pykka.ThreadingActor):
             self.providers.prompt_writer.write(EmotionalMoment.from_dict(m), chapter, style)
             for m in self.state.moments
         ]
-        self._emit_log("success", f"Wrote {len(prompts)} prompts for chapter {chapter.number}", chapter=chapter.number)
+        self._emit_log(
+            "success",
+            f"Wrote {len(prompts)} prompts for chapter {chapter.number}",
+            chapter=chapter.number,
+        )
         self._emit("step", {"step": 1, "status": "completed"})
         self._checkpoint(
             CheckpointType.PROMPTS_GENERATED,
@@ -267,7 +280,9 @@ class SessionActor(pykka.ThreadingActor):
         scene = len(state.chapter_images) + 1
         prompt = IllustrationPrompt.from_dict(state.prompts[scene - 1])
         moment = EmotionalMoment.from_dict(state.moments[scene - 1])
-        relative = Path("generated_images") / state.session_id / image_filename(chapter.number, scene)
+        relative = (
+            Path("generated_images") / state.session_id / image_filename(chapter.number, scene)
+        )
         destination = self.settings.output_dir / relative
         if scene == 1:
             self._emit("step", {"step": 2, "status": "processing"})
@@ -275,7 +290,11 @@ class SessionActor(pykka.ThreadingActor):
         if destination.exists():
             # Written atomically before a crash or pause cut the checkpoint off: it is
             # complete, and regenerating it would pay for the same image twice.
-            self._emit_log("info", f"Image {relative.name} already on disk; not regenerated", chapter=chapter.number)
+            self._emit_log(
+                "info",
+                f"Image {relative.name} already on disk; not regenerated",
+                chapter=chapter.number,
+            )
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
             self.providers.image_generator.generate(prompt, moment, destination)
@@ -292,7 +311,12 @@ class SessionActor(pykka.ThreadingActor):
         )
         self._emit(
             "image",
-            {"image_url": web_url, "prompt": prompt.prompt, "chapter_number": chapter.number, "scene_number": scene},
+            {
+                "image_url": web_url,
+                "prompt": prompt.prompt,
+                "chapter_number": chapter.number,
+                "scene_number": scene,
+            },
         )
         last = scene == len(state.prompts)
         if last:
@@ -301,7 +325,11 @@ class SessionActor(pykka.ThreadingActor):
             CheckpointType.IMAGES_GENERATING,
             ProcessingStep.GENERATING_IMAGES,
             chapter=chapter.number,
-            data={"image": record.to_json(), "scene_number": scene, "scenes_total": len(state.prompts)},
+            data={
+                "image": record.to_json(),
+                "scene_number": scene,
+                "scenes_total": len(state.prompts),
+            },
             images=(record,),
         )
 
@@ -309,7 +337,9 @@ class SessionActor(pykka.ThreadingActor):
         number = self.state.current_chapter
         assert number is not None
         self._emit_log("success", f"Chapter {number} completed", chapter=number)
-        self._checkpoint(CheckpointType.CHAPTER_COMPLETED, ProcessingStep.GENERATING_IMAGES, chapter=number)
+        self._checkpoint(
+            CheckpointType.CHAPTER_COMPLETED, ProcessingStep.GENERATING_IMAGES, chapter=number
+        )
 
     def _complete_session(self) -> None:
         state = self.state
@@ -342,7 +372,9 @@ class SessionActor(pykka.ThreadingActor):
             self.state.step,
             SessionStatus.PAUSED,
             data={"next_action": NEXT_ACTION[self.state.phase]},
-            before=lambda: self._emit("status", {"status": "paused", "message": "Processing paused"}),
+            before=lambda: self._emit(
+                "status", {"status": "paused", "message": "Processing paused"}
+            ),
         )
 
     def _finish_cancelled(self) -> None:
@@ -359,11 +391,22 @@ class SessionActor(pykka.ThreadingActor):
             delay = self.settings.retry_backoff_ms / 1000 * (2 ** (self._attempt - 1))
             logger.warning(
                 "session %s step %s failed (attempt %d/%d), retrying in %.2fs: %s",
-                state.session_id, state.phase, self._attempt, self.settings.step_attempts, delay, message,
+                state.session_id,
+                state.phase,
+                self._attempt,
+                self.settings.step_attempts,
+                delay,
+                message,
             )
-            self._emit_log("warning", f"Step {state.phase} failed ({message}); retrying", chapter=state.current_chapter)
+            self._emit_log(
+                "warning",
+                f"Step {state.phase} failed ({message}); retrying",
+                chapter=state.current_chapter,
+            )
             self._flush_events_now()
-            self._retry_timer = threading.Timer(delay, _tell_quietly, args=(self.actor_ref, AdvanceSession()))
+            self._retry_timer = threading.Timer(
+                delay, tell_quietly, args=(self.actor_ref, AdvanceSession())
+            )
             self._retry_timer.daemon = True
             self._retry_timer.start()
             return
@@ -419,7 +462,11 @@ class SessionActor(pykka.ThreadingActor):
         self._send(cp, after=status)
 
     def _make_checkpoint(
-        self, checkpoint_type: CheckpointType, step: ProcessingStep, chapter: int | None, data: dict[str, Any]
+        self,
+        checkpoint_type: CheckpointType,
+        step: ProcessingStep,
+        chapter: int | None,
+        data: dict[str, Any],
     ) -> Checkpoint:
         state = self.state
         return Checkpoint(
@@ -445,7 +492,9 @@ class SessionActor(pykka.ThreadingActor):
             # The state has applied cp: record where it leads and the counters it reached.
             cp = _with_outcome(cp, state)
         fields = state.session_fields()
-        new_session = state.session_document() if cp is not None and cp.sequence_number == 1 else None
+        new_session = (
+            state.session_document() if cp is not None and cp.sequence_number == 1 else None
+        )
         events = tuple(self._unsent)
         self._unsent = []
         self._awaiting = cp.sequence_number if cp is not None else 0
@@ -466,13 +515,20 @@ class SessionActor(pykka.ThreadingActor):
 
     def _on_persisted(self, seq: int, error: str | None) -> None:
         if self._awaiting is None or seq != self._awaiting:
-            logger.warning("session %s: unexpected ack %s (awaiting %s)", self.state.session_id, seq, self._awaiting)
+            logger.warning(
+                "session %s: unexpected ack %s (awaiting %s)",
+                self.state.session_id,
+                seq,
+                self._awaiting,
+            )
             return
         self._awaiting = None
         if error is not None:
             # The files could not be written: nothing after the last durable checkpoint
             # may be claimed. Stop; a resume continues from what is durable.
-            logger.error("session %s: checkpoint %s not durable: %s", self.state.session_id, seq, error)
+            logger.error(
+                "session %s: checkpoint %s not durable: %s", self.state.session_id, seq, error
+            )
             self.state.status = SessionStatus.FAILED
             self.state.error_message = f"storage failure: {error}"
             self._finish(SessionStatus.FAILED)
@@ -499,7 +555,15 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- events --------------------------------------------------------------------
 
-    def _emit(self, type_: str, payload: dict[str, Any], *, level: str = "info", message: str = "", chapter: int | None = None) -> None:
+    def _emit(
+        self,
+        type_: str,
+        payload: dict[str, Any],
+        *,
+        level: str = "info",
+        message: str = "",
+        chapter: int | None = None,
+    ) -> None:
         state = self.state
         state.last_event_seq += 1
         self._unsent.append(
@@ -516,7 +580,13 @@ class SessionActor(pykka.ThreadingActor):
         )
 
     def _emit_log(self, level: str, message: str, *, chapter: int | None = None) -> None:
-        self._emit("log", {"level": level, "message": message}, level=level, message=message, chapter=chapter)
+        self._emit(
+            "log",
+            {"level": level, "message": message},
+            level=level,
+            message=message,
+            chapter=chapter,
+        )
 
     def _emit_progress(self) -> None:
         state = self.state
@@ -560,14 +630,6 @@ class SessionActor(pykka.ThreadingActor):
         number = self.state.current_chapter
         assert number is not None, "no chapter in progress"
         return self._chapters[number]
-
-
-def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
-    """Tell from a timer thread; the actor may have stopped meanwhile (pause, cancel)."""
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass
 
 
 def _with_outcome(cp: Checkpoint, state: SessionState) -> Checkpoint:

@@ -119,7 +119,10 @@ class SessionState:
                 if len(self.chapter_images) >= len(self.prompts):
                     self.phase = Phase.CHAPTER_DONE
             case CheckpointType.CHAPTER_COMPLETED:
-                if cp.chapter_number is not None and cp.chapter_number not in self.processed_chapters:
+                if (
+                    cp.chapter_number is not None
+                    and cp.chapter_number not in self.processed_chapters
+                ):
                     self.processed_chapters.append(cp.chapter_number)
                 self.current_chapter = None
                 self.moments, self.prompts, self.chapter_images = [], [], []
@@ -138,7 +141,9 @@ class SessionState:
         return self.session_fields(), self.session_file(), self.session_document()
 
     @classmethod
-    def rebuild(cls, session_doc: dict[str, Any], checkpoints: Iterable[Checkpoint]) -> SessionState:
+    def rebuild(
+        cls, session_doc: dict[str, Any], checkpoints: Iterable[Checkpoint]
+    ) -> SessionState:
         """Fold stored checkpoints (in sequence order) onto a session document's basics."""
         state = cls(
             session_id=SessionId(session_doc["session_id"]),
@@ -158,7 +163,9 @@ class SessionState:
             state.started_at = started
         for cp in checkpoints:
             state.apply(cp)
-        state.last_event_seq = max(state.last_event_seq, int(session_doc.get("last_event_seq") or 0))
+        state.last_event_seq = max(
+            state.last_event_seq, int(session_doc.get("last_event_seq") or 0)
+        )
         stored_status = session_doc.get("status")
         if state.phase != Phase.DONE and stored_status in (s.value for s in SessionStatus):
             state.status = SessionStatus(stored_status)
@@ -227,7 +234,9 @@ class SessionState:
         }[self.phase]
         active = self.status == SessionStatus.RUNNING
         return {
-            str(i): "completed" if i < order else ("processing" if i == order and active else "pending")
+            str(i): "completed"
+            if i < order
+            else ("processing" if i == order and active else "pending")
             for i in range(4)
         }
 
@@ -245,7 +254,9 @@ class SessionState:
             "total_chapters": self.total_chapters,
             "processed_chapters": list(self.processed_chapters),
             "last_completed_chapter": self.last_completed_chapter,
-            "last_completed_step": str(self.last_checkpoint_type) if self.last_checkpoint_type else None,
+            "last_completed_step": str(self.last_checkpoint_type)
+            if self.last_checkpoint_type
+            else None,
             "total_images_generated": self.total_images_generated,
             "can_resume": self.status
             in (SessionStatus.PAUSED, SessionStatus.FAILED, SessionStatus.INTERRUPTED),
@@ -293,7 +304,9 @@ class SessionState:
             "style_config": self.style_config,
             "max_emotional_moments": self.max_emotional_moments,
             "start_from_chapter": self.start_from_chapter,
-            "last_completed_step": str(self.last_checkpoint_type) if self.last_checkpoint_type else None,
+            "last_completed_step": str(self.last_checkpoint_type)
+            if self.last_checkpoint_type
+            else None,
             "last_completed_chapter": self.last_completed_chapter,
             "last_sequence_number": self.last_sequence_number,
             "last_event_seq": self.last_event_seq,
@@ -326,7 +339,9 @@ class SessionState:
             "step_status": self.step_status,
             "last_sequence_number": self.last_sequence_number,
             "last_event_seq": self.last_event_seq,
-            "last_completed_step": str(self.last_checkpoint_type) if self.last_checkpoint_type else None,
+            "last_completed_step": str(self.last_checkpoint_type)
+            if self.last_checkpoint_type
+            else None,
             "error_message": self.error_message,
             "started_at": isoformat(self.started_at),
         }

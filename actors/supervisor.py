@@ -8,6 +8,7 @@ work done before a StartSession reaches it (see ``actors.engine``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from actors.messages import (
     StartSession,
     StopAllSessions,
 )
-from actors.reply import Reply
+from actors.reply import Reply, tell_quietly
 from actors.session import SessionActor, SessionSettings
 from domain import SessionStatus
 from errors import ConflictError, NotFoundError
@@ -120,7 +121,9 @@ class SessionSupervisor(pykka.ThreadingActor):
         state = message.state
         # Visible as running before its thread starts, so the caller's answer has it.
         state.status = SessionStatus.RUNNING
-        self.hub.put_snapshot({**state.snapshot(), "pause_requested": False, "cancel_requested": False})
+        self.hub.put_snapshot(
+            {**state.snapshot(), "pause_requested": False, "cancel_requested": False}
+        )
         ref = SessionActor.start(
             state,
             message.manuscript,
@@ -135,7 +138,11 @@ class SessionSupervisor(pykka.ThreadingActor):
         self.finished.pop(state.session_id, None)
 
     def _start_queued(self) -> None:
-        while self._queued and len(self._running) < self.settings.max_concurrent_sessions and not self._stopping:
+        while (
+            self._queued
+            and len(self._running) < self.settings.max_concurrent_sessions
+            and not self._stopping
+        ):
             _, message = self._queued.popitem(last=False)
             self._launch(message)
 
@@ -160,7 +167,9 @@ class SessionSupervisor(pykka.ThreadingActor):
             return
         # A queued session never started this run: record the new status directly.
         state = queued.state
-        state.status = SessionStatus.PAUSED if message.action == "pause" else SessionStatus.CANCELLED
+        state.status = (
+            SessionStatus.PAUSED if message.action == "pause" else SessionStatus.CANCELLED
+        )
         self.hub.drop_snapshot(sid)
         self.persistence.tell(
             CheckpointReached(
@@ -189,15 +198,13 @@ class SessionSupervisor(pykka.ThreadingActor):
     def _stop_all(self, reply: Reply | None, timeout: float) -> None:
         for sid in list(self._queued):
             self._control(ControlSession(sid, "pause"))
-        timer = threading.Timer(timeout, _tell_quietly, args=(self.actor_ref, "_stop_timeout"))
+        timer = threading.Timer(timeout, tell_quietly, args=(self.actor_ref, "_stop_timeout"))
         timer.daemon = True
         timer.start()
         self._stopping.append((reply, timer))
         for ref in list(self._running.values()):
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(PauseSession())
-            except pykka.ActorDeadError:
-                pass
         self._answer_stop_waiters()
 
     def _answer_stop_waiters(self, force: bool = False) -> None:
@@ -211,10 +218,3 @@ class SessionSupervisor(pykka.ThreadingActor):
             if reply is not None:
                 reply.set_result(len(self._running))
         self._stopping = [(None, None)]  # stay in stopping mode: no new sessions
-
-
-def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        pass

@@ -47,8 +47,9 @@ def document(session: SessionId, seq: int) -> dict:
         chapter_number=seq % 40 + 1,
         next_action="generate images",
         progress_percent=seq % 100,
-        checkpoint_data={"generated_prompts": [{"scene": i, "prompt": "a quiet harbour " * 14}
-                                               for i in range(6)]},
+        checkpoint_data={
+            "generated_prompts": [{"scene": i, "prompt": "a quiet harbour " * 14} for i in range(6)]
+        },
         processing_state={"processed_chapters": list(range(1, 8)), "total_images_generated": 12},
     )
     return cp.to_json()
@@ -115,13 +116,14 @@ def main() -> None:
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     rounds = QUICK_ROUNDS if args.quick else ROUNDS
-    modes: dict[str, Callable] = {"write_json x N": one_by_one,
-                                  "write_many fsync": grouped(False)}
+    modes: dict[str, Callable] = {"write_json x N": one_by_one, "write_many fsync": grouped(False)}
     if atomic.syncfs_available():
         modes["write_many syncfs"] = grouped(True)
     size_on_disk = len(atomic.encode_json(document(SessionId(new_id()), 1)))
-    print(f"python {platform.python_version()}, {platform.system()} {platform.release()}, "
-          f"{os.cpu_count()} CPUs; filesystem {filesystem_of(args.dir.resolve())}")
+    print(
+        f"python {platform.python_version()}, {platform.system()} {platform.release()}, "
+        f"{os.cpu_count()} CPUs; filesystem {filesystem_of(args.dir.resolve())}"
+    )
     print(f"file size {size_on_disk} bytes; syncfs available: {atomic.syncfs_available()}")
     print(f"{'mode':<20}{'batch':>6}{'rounds':>8}{'files/s':>11}{'median ms':>12}{'p99 ms':>10}")
     with tempfile.TemporaryDirectory(prefix="bench-file-writes-", dir=args.dir) as scratch:
@@ -131,9 +133,12 @@ def main() -> None:
                 store = FileStore(root)
                 store.ensure_layout()
                 total, latencies = run_case(store, size, rounds[size], write)
-                print(f"{name:<20}{size:>6}{rounds[size]:>8}{size * len(latencies) / total:>11,.0f}"
-                      f"{statistics.median(latencies) * 1000:>12.2f}"
-                      f"{percentile(latencies, 0.99) * 1000:>10.2f}", flush=True)
+                print(
+                    f"{name:<20}{size:>6}{rounds[size]:>8}{size * len(latencies) / total:>11,.0f}"
+                    f"{statistics.median(latencies) * 1000:>12.2f}"
+                    f"{percentile(latencies, 0.99) * 1000:>10.2f}",
+                    flush=True,
+                )
                 shutil.rmtree(root)
 
 

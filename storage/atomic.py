@@ -60,8 +60,9 @@ class FileProblemError(StorageError):
     """A file cannot be trusted: empty, torn, corrupt, foreign or of a newer format."""
 
     def __init__(self, path: Path, kind: ProblemKind, detail: str) -> None:
-        super().__init__(f"{path}: {kind} file: {detail}",
-                         details={"path": str(path), "kind": kind})
+        super().__init__(
+            f"{path}: {kind} file: {detail}", details={"path": str(path), "kind": kind}
+        )
         self.problem = FileProblem(path, kind, detail)
 
 

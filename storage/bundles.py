@@ -68,10 +68,13 @@ async def restore_bundle(
     """
     sid = session_id(bundle["session_id"])
     checkpoints = sorted(
-        (Checkpoint.from_document(c) for c in bundle["checkpoints"]), key=lambda c: c.sequence_number
+        (Checkpoint.from_document(c) for c in bundle["checkpoints"]),
+        key=lambda c: c.sequence_number,
     )
     if [c.sequence_number for c in checkpoints] != list(range(1, len(checkpoints) + 1)):
-        raise ValidationError("bundle checkpoints are not gap-free from 1", details={"field": "checkpoints"})
+        raise ValidationError(
+            "bundle checkpoints are not gap-free from 1", details={"field": "checkpoints"}
+        )
     base = dict(bundle["session"])
     if base.get("status") in ("pending", "queued", "running"):
         base["status"] = "interrupted"
@@ -93,7 +96,9 @@ async def restore_bundle(
     logs = [LogEntry.from_document(entry) for entry in bundle.get("logs") or []]
     images = [ImageRecord.from_document(image) for image in bundle.get("images") or []]
     await store.write_batch(
-        PersistBatch(checkpoints=checkpoints, session_updates={sid: fields}, logs=logs, images=images),
+        PersistBatch(
+            checkpoints=checkpoints, session_updates={sid: fields}, logs=logs, images=images
+        ),
         embedded_keep,
     )
     items = [files.checkpoint_entry(cp) for cp in checkpoints]

@@ -35,8 +35,14 @@ from storage.atomic import MAX_FILE_BYTES, FileProblem, FileProblemError, Proble
 from storage.records import Checkpoint
 
 __all__ = [
-    "MAX_FILE_BYTES", "FileProblem", "FileProblemError", "FileStore", "ProblemKind", "ScanReport",
-    "load_bundle", "load_json",
+    "MAX_FILE_BYTES",
+    "FileProblem",
+    "FileProblemError",
+    "FileStore",
+    "ProblemKind",
+    "ScanReport",
+    "load_bundle",
+    "load_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,24 +53,46 @@ _NONE = type(None)
 _INT = (int,)
 _TEXT = (str, datetime, _NONE)  # timestamps: ISO text on disk, datetimes accepted on write
 _CHECKPOINT_TYPES: dict[str, tuple[type, ...]] = {
-    "session_id": (str,), "sequence_number": _INT, "checkpoint_type": (str,), "step": (str,),
-    "chapter_number": (int, _NONE), "next_action": (str,), "progress_percent": _INT,
-    "checkpoint_data": (dict,), "processing_state": (dict,), "epoch": _INT, "created_at": _TEXT,
+    "session_id": (str,),
+    "sequence_number": _INT,
+    "checkpoint_type": (str,),
+    "step": (str,),
+    "chapter_number": (int, _NONE),
+    "next_action": (str,),
+    "progress_percent": _INT,
+    "checkpoint_data": (dict,),
+    "processing_state": (dict,),
+    "epoch": _INT,
+    "created_at": _TEXT,
 }
 _CHECKPOINT_REQUIRED = ("session_id", "sequence_number", "checkpoint_type", "step")
 _SESSION_TYPES: dict[str, tuple[type, ...]] = {
-    "session_id": (str,), "status": (str,), "manuscript_id": (str, _NONE),
-    "progress_percent": (int, _NONE), "current_chapter": (int, _NONE),
-    "total_chapters": (int, _NONE), "style_config": (dict, _NONE),
-    "max_emotional_moments": (int, _NONE), "last_completed_step": (str, _NONE),
-    "last_completed_chapter": (int, _NONE), "last_sequence_number": (int, _NONE),
-    "processed_chapters": (list,), "current_prompts": (list,), "generated_images": (list,),
-    "emotional_moments": (list,), "total_images_generated": (int, _NONE),
-    "started_at": _TEXT, "last_heartbeat": _TEXT,
+    "session_id": (str,),
+    "status": (str,),
+    "manuscript_id": (str, _NONE),
+    "progress_percent": (int, _NONE),
+    "current_chapter": (int, _NONE),
+    "total_chapters": (int, _NONE),
+    "style_config": (dict, _NONE),
+    "max_emotional_moments": (int, _NONE),
+    "last_completed_step": (str, _NONE),
+    "last_completed_chapter": (int, _NONE),
+    "last_sequence_number": (int, _NONE),
+    "processed_chapters": (list,),
+    "current_prompts": (list,),
+    "generated_images": (list,),
+    "emotional_moments": (list,),
+    "total_images_generated": (int, _NONE),
+    "started_at": _TEXT,
+    "last_heartbeat": _TEXT,
 }
 _BUNDLE_TYPES: dict[str, tuple[type, ...]] = {
-    "session_id": (str,), "session": (dict,), "checkpoints": (list,),
-    "images": (list,), "logs": (list,), "manuscript": (dict, _NONE),
+    "session_id": (str,),
+    "session": (dict,),
+    "checkpoints": (list,),
+    "images": (list,),
+    "logs": (list,),
+    "manuscript": (dict, _NONE),
 }
 _BUNDLE_REQUIRED = ("format_version", "session_id", "session", "checkpoints")
 _STATUSES = frozenset(status.value for status in SessionStatus)
@@ -74,8 +102,14 @@ _STATUS_FROM_CHECKPOINT = {
     "error_occurred": SessionStatus.FAILED,
 }
 _CARRIED_FACTS = (
-    "manuscript_id", "external_session_id", "style_config", "max_emotional_moments",
-    "total_chapters", "processed_chapters", "total_images_generated", "last_event_seq",
+    "manuscript_id",
+    "external_session_id",
+    "style_config",
+    "max_emotional_moments",
+    "total_chapters",
+    "processed_chapters",
+    "total_images_generated",
+    "last_event_seq",
 )
 
 
@@ -183,8 +217,9 @@ def _valid_id(value: object) -> SessionId:
     """
     sid = session_id(value)
     if sid != value:
-        raise InvalidIdError("session_id must be a lower-case UUID",
-                             details={"field": "session_id"})
+        raise InvalidIdError(
+            "session_id must be a lower-case UUID", details={"field": "session_id"}
+        )
     return sid
 
 
@@ -231,8 +266,13 @@ class FileStore:
         self.exports_dir = self.root / "exports"
 
     def _folders(self) -> tuple[Path, ...]:
-        return (self.sessions_dir, self.checkpoints_dir, self.recovery_dir, self.images_dir,
-                self.exports_dir)
+        return (
+            self.sessions_dir,
+            self.checkpoints_dir,
+            self.recovery_dir,
+            self.images_dir,
+            self.exports_dir,
+        )
 
     def ensure_layout(self) -> None:
         """Create the output folders (durably) if missing."""
@@ -262,8 +302,9 @@ class FileStore:
         """``sessions/checkpoints/{session_id}_{seq:08d}.json``."""
         sid = _valid_id(session_id_)
         if type(seq) is not int or seq < 1:
-            raise ValidationError("sequence_number must be a positive integer",
-                                  details={"field": "sequence_number"})
+            raise ValidationError(
+                "sequence_number must be a positive integer", details={"field": "sequence_number"}
+            )
         return self.checkpoints_dir / f"{sid}_{seq:08d}.json"
 
     def recovery_path(self, session_id_: str) -> Path:
@@ -443,8 +484,13 @@ class FileStore:
             elif (doc := self._load_session(path, sid, report.problems)) is not None:
                 report.sessions[sid] = doc
         report.checkpoints = self._load_checkpoints(None, report.problems)
-        logger.info("Scanned %s: %d session files, %d sessions with checkpoints, %d problems",
-                    self.root, len(report.sessions), len(report.checkpoints), len(report.problems))
+        logger.info(
+            "Scanned %s: %d session files, %d sessions with checkpoints, %d problems",
+            self.root,
+            len(report.sessions),
+            len(report.checkpoints),
+            len(report.problems),
+        )
         return report
 
     def load_session_state(self, session_id_: str) -> dict[str, Any] | None:
@@ -478,8 +524,11 @@ class FileStore:
         if outside:
             raise StorageError(f"refusing to delete through folders outside {self.root}: {outside}")
         victims = [self.session_path(sid), self.recovery_path(sid)]
-        victims += [Path(e.path) for e in _list_dir(self.checkpoints_dir)
-                    if (m := _CHECKPOINT_NAME.match(e.name)) and m.group(1) == sid]
+        victims += [
+            Path(e.path)
+            for e in _list_dir(self.checkpoints_dir)
+            if (m := _CHECKPOINT_NAME.match(e.name)) and m.group(1) == sid
+        ]
         removed = 0
         for path in victims:
             try:
@@ -513,19 +562,26 @@ def _facts_from_checkpoints(checkpoints: list[Checkpoint], *, has_file: bool) ->
     status = _STATUS_FROM_CHECKPOINT.get(str(newest.checkpoint_type))
     if status is None and not has_file:
         status = SessionStatus.INTERRUPTED
-    facts.update({
-        "session_id": newest.session_id,
-        "progress_percent": newest.progress_percent,
-        "current_chapter": newest.processing_state.get("current_chapter", newest.chapter_number),
-        "last_completed_step": str(newest.checkpoint_type),
-        "last_sequence_number": newest.sequence_number,
-        "next_action": newest.next_action,
-        "step": str(newest.step),
-        "last_heartbeat": isoformat(newest.created_at),
-        "recovered_from": "checkpoint",
-    })
+    facts.update(
+        {
+            "session_id": newest.session_id,
+            "progress_percent": newest.progress_percent,
+            "current_chapter": newest.processing_state.get(
+                "current_chapter", newest.chapter_number
+            ),
+            "last_completed_step": str(newest.checkpoint_type),
+            "last_sequence_number": newest.sequence_number,
+            "next_action": newest.next_action,
+            "step": str(newest.step),
+            "last_heartbeat": isoformat(newest.created_at),
+            "recovered_from": "checkpoint",
+        }
+    )
     if status is not None:
         facts["status"] = str(status)
-        facts["can_resume"] = status in (SessionStatus.PAUSED, SessionStatus.FAILED,
-                                         SessionStatus.INTERRUPTED)
+        facts["can_resume"] = status in (
+            SessionStatus.PAUSED,
+            SessionStatus.FAILED,
+            SessionStatus.INTERRUPTED,
+        )
     return facts

@@ -437,7 +437,9 @@ class MongoStore:
 
     async def _update_sessions(self, batch: PersistBatch, embedded_keep: int) -> None:
         by_session: dict[str, list[Checkpoint]] = {}
-        summarised = batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
+        summarised = (
+            batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
+        )
         for checkpoint in summarised:
             by_session.setdefault(checkpoint.session_id, []).append(checkpoint)
         fields = {sid: _settable(values) for sid, values in batch.session_updates.items()}

@@ -24,7 +24,9 @@ from storage.records import Checkpoint, ImageRecord, PersistBatch
 
 logger = logging.getLogger(__name__)
 
-SessionDescriber = Callable[[dict[str, Any], list[Checkpoint]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]
+SessionDescriber = Callable[
+    [dict[str, Any], list[Checkpoint]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+]
 """``(base document, checkpoints) -> (session $set fields, session file, full new document)``."""
 
 
@@ -117,7 +119,9 @@ async def _reconcile_session(
         # Only checkpoint files survive: rebuild the facts they carry.
         base = await asyncio.to_thread(files.load_session_state, sid)
         if base is None or "manuscript_id" not in base:
-            report.decide("session %s has checkpoints but no session record; left for an operator", sid)
+            report.decide(
+                "session %s has checkpoints but no session record; left for an operator", sid
+            )
             return
     fields, session_file, full_document = describe(base, ordered)
 
@@ -131,7 +135,11 @@ async def _reconcile_session(
     summary_last = 0 if db_document is None else int(db_document.get("last_sequence_number") or 0)
     newest = ordered[-1].sequence_number if ordered else 0
     if missing_in_db or summary_last < newest:
-        images = [ImageRecord.from_document(cp.checkpoint_data["image"]) for cp in missing_in_db if "image" in cp.checkpoint_data]
+        images = [
+            ImageRecord.from_document(cp.checkpoint_data["image"])
+            for cp in missing_in_db
+            if "image" in cp.checkpoint_data
+        ]
         await store.write_batch(
             PersistBatch(
                 checkpoints=missing_in_db,
@@ -143,12 +151,18 @@ async def _reconcile_session(
         )
         report.checkpoints_to_database += len(missing_in_db)
         if missing_in_db:
-            report.decide("session %s: %d checkpoints copied from the files to the database", sid, len(missing_in_db))
+            report.decide(
+                "session %s: %d checkpoints copied from the files to the database",
+                sid,
+                len(missing_in_db),
+            )
         else:
             report.decide("session %s: session summary brought up to checkpoint %d", sid, newest)
 
     missing_in_files = [cp for cp in ordered if cp.sequence_number not in in_files]
-    stale_file = file_document is None or int(file_document.get("last_sequence_number") or 0) < (ordered[-1].sequence_number if ordered else 0)
+    stale_file = file_document is None or int(file_document.get("last_sequence_number") or 0) < (
+        ordered[-1].sequence_number if ordered else 0
+    )
     items = [files.checkpoint_entry(cp) for cp in missing_in_files]
     if stale_file:
         items.append(files.session_file_entry(sid, session_file))
@@ -159,12 +173,18 @@ async def _reconcile_session(
             report.session_files_rewritten += 1
         report.decide(
             "session %s: %d checkpoints copied from the database to the files%s",
-            sid, len(missing_in_files), ", session file rewritten" if stale_file else "",
+            sid,
+            len(missing_in_files),
+            ", session file rewritten" if stale_file else "",
         )
 
 
 async def try_reconcile(
-    store: SessionStore | None, files: FileStore, describe: SessionDescriber, *, embedded_keep: int = 16
+    store: SessionStore | None,
+    files: FileStore,
+    describe: SessionDescriber,
+    *,
+    embedded_keep: int = 16,
 ) -> ReconcileReport | None:
     """Reconcile unless the database is unreachable (then start-up goes on degraded)."""
     if store is None:

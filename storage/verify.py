@@ -43,7 +43,9 @@ class VerifyReport:
             lines.append(f"{len(self.file_problems)} unreadable files were skipped:")
             lines += [f"  - {p}" for p in self.file_problems]
         if self.ok:
-            lines.append("OK: sequence numbers gap-free, files and database agree, images match their records.")
+            lines.append(
+                "OK: sequence numbers gap-free, files and database agree, images match their records."
+            )
         else:
             lines.append(f"{len(self.problems)} problems:")
             lines += [f"  - {p}" for p in self.problems]
@@ -80,15 +82,23 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
         in_db = await store.list_checkpoints(sid)
         db_seqs = [cp.sequence_number for cp in in_db]
         if db_seqs != list(range(1, len(db_seqs) + 1)):
-            report.problems.append(f"{sid}: database checkpoints are not gap-free: {_gaps(db_seqs)}")
+            report.problems.append(
+                f"{sid}: database checkpoints are not gap-free: {_gaps(db_seqs)}"
+            )
         if db_seqs != file_seqs:
             report.problems.append(
                 f"{sid}: files hold checkpoints {_span(file_seqs)}, the database {_span(db_seqs)}"
             )
         else:
-            differing = [a.sequence_number for a, b in zip(in_files, in_db, strict=True) if a.to_json() != b.to_json()]
+            differing = [
+                a.sequence_number
+                for a, b in zip(in_files, in_db, strict=True)
+                if a.to_json() != b.to_json()
+            ]
             if differing:
-                report.problems.append(f"{sid}: checkpoints {differing[:10]} differ between files and database")
+                report.problems.append(
+                    f"{sid}: checkpoints {differing[:10]} differ between files and database"
+                )
         if db_seqs and int(document.get("last_sequence_number") or 0) != db_seqs[-1]:
             report.problems.append(
                 f"{sid}: session record says last checkpoint {document.get('last_sequence_number')}, "
@@ -98,7 +108,9 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
     return report
 
 
-async def _verify_images(store: SessionStore, sid: str, output_dir: Path, report: VerifyReport) -> None:
+async def _verify_images(
+    store: SessionStore, sid: str, output_dir: Path, report: VerifyReport
+) -> None:
     records = await store.list_images(sid)  # type: ignore[arg-type]
     report.images += len(records)
     recorded = set()
@@ -106,7 +118,9 @@ async def _verify_images(store: SessionStore, sid: str, output_dir: Path, report
         path = (output_dir / image.file_path).resolve()
         recorded.add(path)
         if not path.is_relative_to(output_dir.resolve()):
-            report.problems.append(f"{sid}: image record points outside the output folder: {image.file_path}")
+            report.problems.append(
+                f"{sid}: image record points outside the output folder: {image.file_path}"
+            )
             continue
         try:
             head = path.read_bytes()[:8]

@@ -54,7 +54,11 @@ def test_serve_process_answers_health_with_embedded_database_and_stops(tmp_path:
         "ILLUSTRATOR_SERVER_PORT": str(port),
     }
     process = subprocess.Popen(
-        [*illustrator_command(), "serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*illustrator_command(), "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         health = wait_for_health(port, process)

@@ -1,6 +1,5 @@
 """Helpers shared by tests: event recorder, sample manuscripts."""
 
-
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +29,9 @@ class EventRecorder:
                 future.set_result(entry)
                 self._waiters.remove(waiter)
 
-    async def wait_for(self, sid: str, predicate: Callable[[LogEntry], bool], timeout: float = 60) -> LogEntry:
+    async def wait_for(
+        self, sid: str, predicate: Callable[[LogEntry], bool], timeout: float = 60
+    ) -> LogEntry:
         """The first event (already seen or future) of ``sid`` matching ``predicate``."""
         for entry in self.events[sid]:
             if predicate(entry):
@@ -41,7 +42,9 @@ class EventRecorder:
 
     async def wait_final(self, sid: str, after_seq: int = 0, timeout: float = 60) -> str:
         """Wait for the session's next final status after event ``after_seq``."""
-        entry = await self.wait_for(sid, lambda e: e.event_seq > after_seq and final_status(e) is not None, timeout)
+        entry = await self.wait_for(
+            sid, lambda e: e.event_seq > after_seq and final_status(e) is not None, timeout
+        )
         status = final_status(entry)
         assert status is not None
         return status
@@ -69,5 +72,8 @@ def make_manuscript(chapters: int = 3) -> Manuscript:
     return Manuscript(
         title="The Test of Time",
         author="Tester",
-        chapters=tuple(Chapter(number=n, title=f"Part {n}", content=body * (2 + n)) for n in range(1, chapters + 1)),
+        chapters=tuple(
+            Chapter(number=n, title=f"Part {n}", content=body * (2 + n))
+            for n in range(1, chapters + 1)
+        ),
     )

@@ -59,7 +59,14 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
     app.router.add_get("/health", health)
     # Order matters: the literal /api/process/status/... and /resume/... paths come before
     # /api/process/{session_id}/..., and /api/sessions/active before /api/sessions/{id}.
-    for module in (routes_processing, routes_sessions, routes_manuscripts, websocket, metrics, openapi):
+    for module in (
+        routes_processing,
+        routes_sessions,
+        routes_manuscripts,
+        websocket,
+        metrics,
+        openapi,
+    ):
         app.router.add_routes(module.routes)
     return app
 

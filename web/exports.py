@@ -16,7 +16,9 @@ EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,150}\.(html|json)$")
 
 def chapter_results(checkpoints: list[Checkpoint]) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Moments and prompts of each chapter, from the checkpoints' stored results."""
-    results: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"moments": [], "prompts": []})
+    results: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(
+        lambda: {"moments": [], "prompts": []}
+    )
     for cp in checkpoints:
         if cp.chapter_number is None:
             continue
@@ -48,7 +50,9 @@ def export_document(
                 "title": chapter.title,
                 "content": chapter.content,
                 "word_count": chapter.word_count,
-                "emotional_moments": results[chapter.number]["moments"] if chapter.number in results else [],
+                "emotional_moments": results[chapter.number]["moments"]
+                if chapter.number in results
+                else [],
                 "prompts": results[chapter.number]["prompts"] if chapter.number in results else [],
                 "images": [
                     {
@@ -63,7 +67,12 @@ def export_document(
         )
     meta = manuscript.to_dict()
     meta.pop("chapters")
-    return {"manuscript_id": manuscript_id, "session_id": session_id, "manuscript": meta, "chapters": chapters}
+    return {
+        "manuscript_id": manuscript_id,
+        "session_id": session_id,
+        "manuscript": meta,
+        "chapters": chapters,
+    }
 
 
 def render_html(document: dict[str, Any]) -> str:
@@ -77,23 +86,23 @@ def render_html(document: dict[str, Any]) -> str:
         "<style>body{font-family:serif;max-width:48em;margin:auto}img{max-width:100%}"
         ".prompt{color:#555;font-size:.9em}</style></head><body>",
         f"<h1>{e(meta['title'])}</h1>",
-        f"<p class=\"author\">by {e(meta['author'])}</p>",
+        f'<p class="author">by {e(meta["author"])}</p>',
     ]
     if meta.get("description"):
-        parts.append(f"<p class=\"description\">{e(meta['description'])}</p>")
+        parts.append(f'<p class="description">{e(meta["description"])}</p>')
     for chapter in document["chapters"]:
-        parts.append(f"<section class=\"chapter\" id=\"chapter-{chapter['number']}\">")
+        parts.append(f'<section class="chapter" id="chapter-{chapter["number"]}">')
         parts.append(f"<h2>Chapter {chapter['number']}: {e(chapter['title'])}</h2>")
         for paragraph in chapter["content"].split("\n\n"):
             if paragraph.strip():
                 parts.append(f"<p>{e(paragraph.strip())}</p>")
         if chapter["emotional_moments"]:
-            parts.append("<h3>Emotional moments</h3><ul class=\"moments\">")
+            parts.append('<h3>Emotional moments</h3><ul class="moments">')
             for moment in chapter["emotional_moments"]:
                 tones = ", ".join(str(t) for t in moment.get("emotional_tones", []))
                 parts.append(
                     f"<li><blockquote>{e(str(moment.get('text_excerpt', '')))}</blockquote>"
-                    f"<span class=\"tones\">{e(tones)}</span> "
+                    f'<span class="tones">{e(tones)}</span> '
                     f"(intensity {e(str(moment.get('intensity_score', '')))})</li>"
                 )
             parts.append("</ul>")
@@ -101,8 +110,8 @@ def render_html(document: dict[str, Any]) -> str:
         for image in chapter["images"]:
             prompt = image["prompt"] or prompts.get(image["scene_number"], {}).get("prompt", "")
             parts.append(
-                f"<figure><img src=\"{e(image['url'])}\" alt=\"{e(prompt[:200])}\">"
-                f"<figcaption class=\"prompt\">Scene {image['scene_number']}: {e(prompt)}</figcaption></figure>"
+                f'<figure><img src="{e(image["url"])}" alt="{e(prompt[:200])}">'
+                f'<figcaption class="prompt">Scene {image["scene_number"]}: {e(prompt)}</figcaption></figure>'
             )
         parts.append("</section>")
     parts.append("</body></html>")

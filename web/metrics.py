@@ -25,8 +25,10 @@ async def metrics(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     lines: list[str] = []
     live = Counter(str(s.get("status")) for s in engine.hub.snapshots())
-    lines += ["# HELP illustrator_live_sessions Live sessions by status (memory).",
-              "# TYPE illustrator_live_sessions gauge"]
+    lines += [
+        "# HELP illustrator_live_sessions Live sessions by status (memory).",
+        "# TYPE illustrator_live_sessions gauge",
+    ]
     for status in ("pending", "queued", "running"):
         _line(lines, "illustrator_live_sessions", live.get(status, 0), f'status="{status}"')
     if engine.store is not None:
@@ -36,12 +38,21 @@ async def metrics(request: web.Request) -> web.Response:
             stored = None
         if stored is not None:
             counts = Counter(str(d.get("status")) for d in stored)
-            lines += ["# HELP illustrator_stored_sessions Stopped, resumable sessions by status (database).",
-                      "# TYPE illustrator_stored_sessions gauge"]
+            lines += [
+                "# HELP illustrator_stored_sessions Stopped, resumable sessions by status (database).",
+                "# TYPE illustrator_stored_sessions gauge",
+            ]
             for status in STORED_STATUSES:
-                _line(lines, "illustrator_stored_sessions", counts.get(status, 0), f'status="{status}"')
-    lines += ["# HELP illustrator_events_published_total Events delivered to listeners.",
-              "# TYPE illustrator_events_published_total counter"]
+                _line(
+                    lines,
+                    "illustrator_stored_sessions",
+                    counts.get(status, 0),
+                    f'status="{status}"',
+                )
+    lines += [
+        "# HELP illustrator_events_published_total Events delivered to listeners.",
+        "# TYPE illustrator_events_published_total counter",
+    ]
     _line(lines, "illustrator_events_published_total", engine.hub.published)
 
     stats = await engine.persistence_stats()
@@ -60,7 +71,10 @@ async def metrics(request: web.Request) -> web.Response:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         _line(lines, name, stats.get(key, 0))
     name = "illustrator_persistence_breaker_open"
-    lines += [f"# HELP {name} 1 while the database circuit breaker is open.", f"# TYPE {name} gauge"]
+    lines += [
+        f"# HELP {name} 1 while the database circuit breaker is open.",
+        f"# TYPE {name} gauge",
+    ]
     _line(lines, name, int(bool(stats.get("breaker_open"))))
 
     name = "illustrator_persistence_ack_latency_seconds"
@@ -77,7 +91,13 @@ async def metrics(request: web.Request) -> web.Response:
 
     name = "illustrator_persistence_batch_size"
     lines += [f"# HELP {name} Batches by number of records.", f"# TYPE {name} gauge"]
-    for size, count in sorted(stats.get("batch_size_counts", {}).items(), key=lambda kv: int(kv[0])):
+    for size, count in sorted(
+        stats.get("batch_size_counts", {}).items(), key=lambda kv: int(kv[0])
+    ):
         _line(lines, name, count, f'size="{size}"')
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        text="\n".join(lines) + "\n",
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )

@@ -61,7 +61,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not tokens or request.path in PUBLIC_PATHS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+    given = (
+        header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+    )
     if given and any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens):
         return await handler(request)
     response = error_body("authentication required", 401)

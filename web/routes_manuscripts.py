@@ -38,7 +38,9 @@ def _summary(mid: str, document: dict[str, Any]) -> dict[str, Any]:
         "genre": document.get("genre", ""),
         "description": document.get("description", ""),
         "total_chapters": document.get("total_chapters", len(chapters)),
-        "created_at": isoformat(document["created_at"]) if "created_at" in document and not isinstance(document["created_at"], str) else document.get("created_at"),
+        "created_at": isoformat(document["created_at"])
+        if "created_at" in document and not isinstance(document["created_at"], str)
+        else document.get("created_at"),
     }
 
 
@@ -134,11 +136,16 @@ async def create_manuscript(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     if request.content_type.startswith("multipart/"):
         text, fields = await _read_upload(request)
-        manuscript = parse_manuscript_text(text, title=fields.get("title") or None, author=fields.get("author") or "Unknown")
+        manuscript = parse_manuscript_text(
+            text, title=fields.get("title") or None, author=fields.get("author") or "Unknown"
+        )
         if fields.get("genre") or fields.get("description"):
             manuscript = parse_manuscript_json(
-                {**manuscript.to_dict(), "genre": fields.get("genre", manuscript.genre),
-                 "description": fields.get("description", manuscript.description)}
+                {
+                    **manuscript.to_dict(),
+                    "genre": fields.get("genre", manuscript.genre),
+                    "description": fields.get("description", manuscript.description),
+                }
             )
     else:
         manuscript = parse_manuscript_json(await json_object(request))
@@ -147,7 +154,12 @@ async def create_manuscript(request: web.Request) -> web.Response:
     body = manuscript.to_dict()
     body["chapters"] = [{k: v for k, v in c.items() if k != "content"} for c in body["chapters"]]
     return reply(
-        {"success": True, "manuscript_id": mid, "message": "Manuscript stored", "manuscript": {"manuscript_id": mid, **body}},
+        {
+            "success": True,
+            "manuscript_id": mid,
+            "message": "Manuscript stored",
+            "manuscript": {"manuscript_id": mid, **body},
+        },
         status=201,
     )
 
@@ -223,7 +235,9 @@ async def _export_session(request: web.Request, mid: str) -> SessionId | None:
         sid = session_id(raw)
         document = await engine.store.get_session(sid) if engine.store is not None else None
         if document is None or document.get("manuscript_id") != mid:
-            raise NotFoundError(f"session {sid} of manuscript {mid} not found", details={"session_id": sid})
+            raise NotFoundError(
+                f"session {sid} of manuscript {mid} not found", details={"session_id": sid}
+            )
         return sid
     if engine.store is None:
         return None
@@ -250,12 +264,22 @@ async def export_manuscript(request: web.Request) -> web.Response:
     document = export_document(mid, manuscript, sid, checkpoints, images)
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
     name = f"{mid}_{stamp}.{fmt}"
-    payload = (render_html(document) if fmt == "html" else json.dumps(document, indent=2)).encode("utf-8")
-    await asyncio.to_thread(atomic.atomic_write, engine.files.exports_dir / name, payload, fsync=engine.files.fsync)
+    payload = (render_html(document) if fmt == "html" else json.dumps(document, indent=2)).encode(
+        "utf-8"
+    )
+    await asyncio.to_thread(
+        atomic.atomic_write, engine.files.exports_dir / name, payload, fsync=engine.files.fsync
+    )
     logger.info("exported manuscript %s as %s", mid, name)
     return reply(
-        {"success": True, "format": fmt, "filename": name, "url": f"/exports/{name}", "session_id": sid,
-         "images_count": len(images)},
+        {
+            "success": True,
+            "format": fmt,
+            "filename": name,
+            "url": f"/exports/{name}",
+            "session_id": sid,
+            "images_count": len(images),
+        },
         status=201,
     )
 

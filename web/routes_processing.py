@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from typing import Any
@@ -45,7 +46,9 @@ async def send_control(engine: Engine, sid: SessionId, action: str) -> bool:
         task.add_done_callback(_ignore_result)
         return False
     except NotFoundError as exc:  # it finished between the check and the message
-        raise ConflictError(f"session {sid} is no longer running", details={"session_id": sid}) from exc
+        raise ConflictError(
+            f"session {sid} is no longer running", details={"session_id": sid}
+        ) from exc
     return True
 
 
@@ -128,7 +131,9 @@ def _text_field(data: dict[str, Any], name: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > 200:
-        raise ValidationError(f"{name} must be a string of at most 200 characters", details={"field": name})
+        raise ValidationError(
+            f"{name} must be a string of at most 200 characters", details={"field": name}
+        )
     return value
 
 
@@ -208,7 +213,9 @@ async def resume_processing(request: web.Request) -> web.Response:
                 "checkpoint_type": view.get("last_completed_step"),
                 "progress_percent": view.get("progress", 0),
                 "total_chapters": view.get("total_chapters", 0),
-                "last_completed_chapter": view.get("last_completed_chapter", view.get("chapters_processed", 0)),
+                "last_completed_chapter": view.get(
+                    "last_completed_chapter", view.get("chapters_processed", 0)
+                ),
             },
         }
     )
@@ -261,7 +268,9 @@ async def pause_processing(request: web.Request) -> web.Response:
     sid = session_id(request.match_info["session_id"])
     await _require_live(engine, sid, "pause")
     await send_control(engine, sid, "pause")
-    return reply({"success": True, "message": "Pause requested; the session pauses after its current step"})
+    return reply(
+        {"success": True, "message": "Pause requested; the session pauses after its current step"}
+    )
 
 
 @routes.post("/api/process/{session_id}/resume")
@@ -285,7 +294,12 @@ async def cancel_processing(request: web.Request) -> web.Response:
             await send_control(engine, sid, "cancel")
         except ConflictError:
             await engine.cancel_stopped_session(sid)
-        return reply({"success": True, "message": "Cancel requested; the session stops after its current step"})
+        return reply(
+            {
+                "success": True,
+                "message": "Cancel requested; the session stops after its current step",
+            }
+        )
     await engine.cancel_stopped_session(sid)
     return reply({"success": True, "message": "Session cancelled"})
 
@@ -298,12 +312,12 @@ async def restart_processing(request: web.Request) -> web.Response:
     await find_session(engine, sid)  # 404 when unknown
     document = await stored_session(engine, sid)
     if document is None:
-        raise ConflictError(f"session {sid} has not been stored yet; retry in a moment", details={"session_id": sid})
+        raise ConflictError(
+            f"session {sid} has not been stored yet; retry in a moment", details={"session_id": sid}
+        )
     if engine.live_snapshot(sid) is not None:
-        try:
+        with contextlib.suppress(ConflictError):
             await send_control(engine, sid, "cancel")
-        except ConflictError:
-            pass
         if not await wait_until_stopped(engine, sid):
             raise ConflictError(f"session {sid} did not stop in time", details={"session_id": sid})
     async with request.app[START_LOCK_KEY]:
@@ -313,7 +327,9 @@ async def restart_processing(request: web.Request) -> web.Response:
             max_emotional_moments=document.get("max_emotional_moments"),
             external_session_id=document.get("external_session_id", ""),
         )
-    return reply({"success": True, "message": "Session restarted", "session_id": started["session_id"]})
+    return reply(
+        {"success": True, "message": "Session restarted", "session_id": started["session_id"]}
+    )
 
 
 @routes.get("/api/process/status/{manuscript_id}")
@@ -339,4 +355,6 @@ async def manuscript_status(request: web.Request) -> web.Response:
         message = f"Last session {last['status']}"
     else:
         message = "No sessions for this manuscript"
-    return reply({"success": True, "active_session": active, "last_session": last, "message": message})
+    return reply(
+        {"success": True, "active_session": active, "last_session": last, "message": message}
+    )

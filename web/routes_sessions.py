@@ -63,7 +63,15 @@ async def session_record(request: web.Request) -> web.Response:
     document = await stored_session(engine, sid)
     record: dict[str, Any] = dict(document or {})
     record.pop("_id", None)
-    return reply({"success": True, "session_id": sid, "live": view["live"], "status": view, "session": record})
+    return reply(
+        {
+            "success": True,
+            "session_id": sid,
+            "live": view["live"],
+            "status": view,
+            "session": record,
+        }
+    )
 
 
 @routes.get("/api/sessions/{session_id}/checkpoints")
@@ -134,7 +142,9 @@ async def delete_session(request: web.Request) -> web.Response:
         except ConflictError:
             pass  # it finished meanwhile
         if not await wait_until_stopped(engine, sid):
-            raise ConflictError(f"session {sid} did not stop in time; try again", details={"session_id": sid})
+            raise ConflictError(
+                f"session {sid} did not stop in time; try again", details={"session_id": sid}
+            )
     await engine.flush()  # nothing of it may still be on its way to the database
     if engine.store is not None:
         await engine.store.delete_session(sid)

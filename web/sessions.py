@@ -4,6 +4,7 @@ then the session files (the durable record when the database is down)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -92,16 +93,22 @@ def status_message(view: dict[str, Any]) -> str:
     return f"Session {view['status']} ({view.get('progress', 0)}%)"
 
 
-async def recent_logs(engine: Engine, sid: SessionId, last_event_seq: int, count: int = 20) -> list[dict[str, Any]]:
+async def recent_logs(
+    engine: Engine, sid: SessionId, last_event_seq: int, count: int = 20
+) -> list[dict[str, Any]]:
     """The last ``count`` log lines ``[{timestamp, level, message}]`` (empty without a database)."""
     if engine.store is None:
         return []
     try:
-        entries = await engine.store.list_logs(sid, after_event_seq=max(0, last_event_seq - 5 * count), limit=10 * count)
+        entries = await engine.store.list_logs(
+            sid, after_event_seq=max(0, last_event_seq - 5 * count), limit=10 * count
+        )
     except DatabaseUnavailableError:
         return []
     logs = [e for e in entries if e.type == "log"][-count:]
-    return [{"timestamp": isoformat(e.timestamp), "level": e.level, "message": e.message} for e in logs]
+    return [
+        {"timestamp": isoformat(e.timestamp), "level": e.level, "message": e.message} for e in logs
+    ]
 
 
 async def session_images(engine: Engine, sid: SessionId) -> list[dict[str, Any]]:
@@ -165,10 +172,8 @@ async def wait_until_stopped(engine: Engine, sid: SessionId, timeout: float = 60
                 return False
             # The board is updated from actor threads; a final event wakes us at once,
             # the short timeout covers a session that crashed without announcing it.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(remaining, 0.25))
-            except TimeoutError:
-                pass
     finally:
         unsubscribe()
     return True

@@ -117,8 +117,13 @@ class Subscriber:
         try:
             while True:
                 if self.overflowed and self.queue.empty():
-                    await self.send({"type": "resync", "after": self.last_sent,
-                                     "message": "too far behind; reconnect with ?after="})
+                    await self.send(
+                        {
+                            "type": "resync",
+                            "after": self.last_sent,
+                            "message": "too far behind; reconnect with ?after=",
+                        }
+                    )
                     await self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"resync")
                     return
                 await self.send(await self.queue.get())
@@ -253,8 +258,12 @@ async def processing_socket(request: web.Request) -> web.StreamResponse:
 
 
 async def _follow_session(
-    request: web.Request, engine: Engine, ws: web.WebSocketResponse, sid: SessionId,
-    view: dict[str, Any], after: int | None,
+    request: web.Request,
+    engine: Engine,
+    ws: web.WebSocketResponse,
+    sid: SessionId,
+    view: dict[str, Any],
+    after: int | None,
 ) -> None:
     sub = Subscriber(ws, request)
     buffered: list[LogEntry] = []
@@ -272,17 +281,19 @@ async def _follow_session(
     try:
         live = engine.live_snapshot(sid)
         snapshot = live if live is not None else view
-        await sub.send({
-            "type": "snapshot",
-            "session_id": sid,
-            "status": snapshot.get("status"),
-            "progress": snapshot.get("progress", 0),
-            "step_status": snapshot.get("step_status", {}),
-            "current_chapter": snapshot.get("current_chapter"),
-            "total_chapters": snapshot.get("total_chapters", 0),
-            "images_generated": snapshot.get("images_generated", 0),
-            "last_event_seq": snapshot.get("last_event_seq", 0),
-        })
+        await sub.send(
+            {
+                "type": "snapshot",
+                "session_id": sid,
+                "status": snapshot.get("status"),
+                "progress": snapshot.get("progress", 0),
+                "step_status": snapshot.get("step_status", {}),
+                "current_chapter": snapshot.get("current_chapter"),
+                "total_chapters": snapshot.get("total_chapters", 0),
+                "images_generated": snapshot.get("images_generated", 0),
+                "last_event_seq": snapshot.get("last_event_seq", 0),
+            }
+        )
         last = await _replay(engine, sid, after, sub) if after is not None else -1
         for entry in buffered:
             if entry.event_seq > last:
@@ -300,7 +311,11 @@ async def _follow_session(
         await ws.close()
 
 
-GALLERY_TYPES = {"image": "new_image", "progress": "processing_progress", "complete": "processing_complete"}
+GALLERY_TYPES = {
+    "image": "new_image",
+    "progress": "processing_progress",
+    "complete": "processing_complete",
+}
 
 
 @routes.get("/ws/gallery/{manuscript_id}")
@@ -326,7 +341,9 @@ async def _follow_gallery(
     request: web.Request, engine: Engine, ws: web.WebSocketResponse, mid: str
 ) -> None:
     sub = Subscriber(ws, request)
-    ours: set[str] = {s["session_id"] for s in engine.hub.snapshots() if s.get("manuscript_id") == mid}
+    ours: set[str] = {
+        s["session_id"] for s in engine.hub.snapshots() if s.get("manuscript_id") == mid
+    }
 
     def on_event(entry: LogEntry) -> None:
         kind = GALLERY_TYPES.get(entry.type)
@@ -360,4 +377,3 @@ async def close_websockets(app: web.Application) -> None:
         *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),
         return_exceptions=True,
     )
-

@@ -30,14 +30,20 @@ async def make_engine(
 ) -> AsyncIterator[EngineMaker]:
     """Start engines sharing one output folder and one database (a "restart" is a new engine)."""
     database = f"t_{uuid.uuid4().hex[:12]}"
-    shared = open_store("mongodb://unused", database, driver="mongomock") if backend == "mongomock" else None
+    shared = (
+        open_store("mongodb://unused", database, driver="mongomock")
+        if backend == "mongomock"
+        else None
+    )
     uri = request.getfixturevalue("embedded_db_uri") if backend == "secantus" else ""
     engines: list[Engine] = []
 
     def factory() -> Any:
         return shared if shared is not None else open_store(uri, database)
 
-    async def make(providers: Any = None, *, processing: dict[str, Any] | None = None, **kwargs: Any) -> Engine:
+    async def make(
+        providers: Any = None, *, processing: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Engine:
         config = config_from_mapping(
             {
                 "output": {"directory": str(tmp_path / "out")},

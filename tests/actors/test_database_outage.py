@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests_support import EventRecorder, make_manuscript
 
 from actors.engine import Engine
 from config import config_from_mapping
 from pipeline.providers import RecordingProviders
 from storage.embedded import EmbeddedDatabase
 from storage.mongo import open_store
-from tests_support import EventRecorder, make_manuscript
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -58,7 +58,11 @@ async def test_outage_mid_session_keeps_processing_and_catches_up_in_order(tmp_p
         env={},
     )
     recording = RecordingProviders(before_call=before_call)
-    engine = Engine(config, lambda: open_store(uri, "illustrator", server_selection_timeout_ms=300), providers=recording)
+    engine = Engine(
+        config,
+        lambda: open_store(uri, "illustrator", server_selection_timeout_ms=300),
+        providers=recording,
+    )
     await engine.start()
     try:
         recorder = EventRecorder(engine)
@@ -77,7 +81,10 @@ async def test_outage_mid_session_keeps_processing_and_catches_up_in_order(tmp_p
         on_disk = engine.files.load_checkpoints(sid)
         acked = [e.payload["sequence_number"] for e in recorder.events[sid] if e.type == "progress"]
         assert set(acked) <= {cp.sequence_number for cp in on_disk}
-        assert any(cp.chapter_number == 2 and str(cp.checkpoint_type) == "chapter_completed" for cp in on_disk)
+        assert any(
+            cp.chapter_number == 2 and str(cp.checkpoint_type) == "chapter_completed"
+            for cp in on_disk
+        )
 
         await asyncio.to_thread(database.start)  # it comes back (same data, same port)
         gates[1].release.set()

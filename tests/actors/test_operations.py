@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_reconcile import PauseAtFive, start_engine, store_maker
+from tests_support import EventRecorder, make_manuscript
 
 from errors import ValidationError
 from pipeline.providers import RecordingProviders
-from test_reconcile import PauseAtFive, start_engine, store_maker
-from tests_support import EventRecorder, make_manuscript
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -21,7 +21,9 @@ async def test_pause_writes_a_bundle_that_restores_into_an_empty_database_and_re
     tmp_path: Path, backend: str, request
 ) -> None:
     databases = store_maker(backend, request)
-    first = await start_engine(tmp_path / "one", databases(f"f{uuid.uuid4().hex[:8]}"), persistence_class=PauseAtFive)
+    first = await start_engine(
+        tmp_path / "one", databases(f"f{uuid.uuid4().hex[:8]}"), persistence_class=PauseAtFive
+    )
     recorder = EventRecorder(first)
     mid = await first.save_manuscript(make_manuscript(2))
     sid = (await first.start_session(mid, max_emotional_moments=2))["session_id"]
@@ -40,12 +42,16 @@ async def test_pause_writes_a_bundle_that_restores_into_an_empty_database_and_re
     shutil.copyfile(bundle_path, moved)
     shutil.copytree(tmp_path / "one" / "generated_images", tmp_path / "two" / "generated_images")
     recording = RecordingProviders()
-    second = await start_engine(tmp_path / "two", databases(f"g{uuid.uuid4().hex[:8]}"), providers=recording)
+    second = await start_engine(
+        tmp_path / "two", databases(f"g{uuid.uuid4().hex[:8]}"), providers=recording
+    )
     try:
         restored = await second.restore_bundle(moved)
         assert restored == sid
         assert await second.restore_bundle(moved) == sid  # idempotent
-        assert [cp.sequence_number for cp in await second.store.list_checkpoints(sid)] == list(range(1, 7))
+        assert [cp.sequence_number for cp in await second.store.list_checkpoints(sid)] == list(
+            range(1, 7)
+        )
         recorder = EventRecorder(second)
         await second.resume_session(sid)
         assert await recorder.wait_final(sid) == "completed"
@@ -58,7 +64,9 @@ async def test_pause_writes_a_bundle_that_restores_into_an_empty_database_and_re
         await second.stop()
 
 
-async def test_verify_reports_gaps_disagreements_and_missing_images(tmp_path: Path, backend: str, request) -> None:
+async def test_verify_reports_gaps_disagreements_and_missing_images(
+    tmp_path: Path, backend: str, request
+) -> None:
     databases = store_maker(backend, request)
     engine = await start_engine(tmp_path / "out", databases(f"h{uuid.uuid4().hex[:8]}"))
     try:
@@ -73,7 +81,9 @@ async def test_verify_reports_gaps_disagreements_and_missing_images(tmp_path: Pa
 
         engine.files.checkpoint_path(sid, 4).unlink()
         (tmp_path / "out" / "generated_images" / sid / "chapter_2_scene_1.png").unlink()
-        (tmp_path / "out" / "generated_images" / sid / "stray.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        (tmp_path / "out" / "generated_images" / sid / "stray.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n"
+        )
         broken = await engine.verify()
         assert not broken.ok
         text = broken.render()
@@ -85,12 +95,23 @@ async def test_verify_reports_gaps_disagreements_and_missing_images(tmp_path: Pa
         await engine.stop()
 
 
-async def test_a_bad_bundle_is_refused_with_a_clear_error(tmp_path: Path, backend: str, request) -> None:
+async def test_a_bad_bundle_is_refused_with_a_clear_error(
+    tmp_path: Path, backend: str, request
+) -> None:
     databases = store_maker(backend, request)
     engine = await start_engine(tmp_path / "out", databases(f"i{uuid.uuid4().hex[:8]}"))
     try:
         bad = tmp_path / "bad.json"
-        bad.write_text(json.dumps({"format_version": 1, "session_id": "../../etc/passwd", "session": {}, "checkpoints": []}))
+        bad.write_text(
+            json.dumps(
+                {
+                    "format_version": 1,
+                    "session_id": "../../etc/passwd",
+                    "session": {},
+                    "checkpoints": [],
+                }
+            )
+        )
         with pytest.raises(ValidationError, match="session_id"):
             await engine.restore_bundle(bad)
         torn = tmp_path / "torn.json"

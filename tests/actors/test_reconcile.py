@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests_support import EventRecorder, make_manuscript
 
 from actors.engine import Engine
 from actors.messages import CheckpointReached, PauseSession
@@ -15,7 +16,6 @@ from actors.persistence import PersistenceActor
 from config import config_from_mapping
 from pipeline.providers import RecordingProviders
 from storage.mongo import open_store
-from tests_support import EventRecorder, make_manuscript
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,7 +36,11 @@ def store_maker(backend: str, request: pytest.FixtureRequest) -> Any:
 
 async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
     config = config_from_mapping(
-        {"output": {"directory": str(out)}, "processing": {"auto_resume": False}, "providers": {"image_size": 32}},
+        {
+            "output": {"directory": str(out)},
+            "processing": {"auto_resume": False},
+            "providers": {"image_size": 32},
+        },
         env={},
     )
     kwargs.setdefault("providers", RecordingProviders())
@@ -54,7 +58,9 @@ async def run_one(engine: Engine) -> str:
     return str(sid)
 
 
-async def test_files_ahead_of_an_empty_database_fill_it(tmp_path: Path, backend: str, request) -> None:
+async def test_files_ahead_of_an_empty_database_fill_it(
+    tmp_path: Path, backend: str, request
+) -> None:
     databases = store_maker(backend, request)
     first = await start_engine(tmp_path / "out", databases(f"a{uuid.uuid4().hex[:8]}"))
     sid = await run_one(first)
@@ -78,7 +84,9 @@ async def test_files_ahead_of_an_empty_database_fill_it(tmp_path: Path, backend:
         await second.stop()
 
 
-async def test_deleted_files_are_rewritten_from_the_database(tmp_path: Path, backend: str, request) -> None:
+async def test_deleted_files_are_rewritten_from_the_database(
+    tmp_path: Path, backend: str, request
+) -> None:
     databases = store_maker(backend, request)
     name = f"c{uuid.uuid4().hex[:8]}"
     first = await start_engine(tmp_path / "out", databases(name))
@@ -101,16 +109,24 @@ async def test_deleted_files_are_rewritten_from_the_database(tmp_path: Path, bac
 
 class PauseAtFive(PersistenceActor):
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, CheckpointReached) and message.checkpoint and message.checkpoint.sequence_number == 5:
+        if (
+            isinstance(message, CheckpointReached)
+            and message.checkpoint
+            and message.checkpoint.sequence_number == 5
+        ):
             message.reply_to.tell(PauseSession())
         return super().on_receive(message)
 
 
-async def test_the_side_with_the_higher_sequence_wins_the_session_record(tmp_path: Path, backend: str, request) -> None:
+async def test_the_side_with_the_higher_sequence_wins_the_session_record(
+    tmp_path: Path, backend: str, request
+) -> None:
     databases = store_maker(backend, request)
     stale_name, fresh_name = f"d{uuid.uuid4().hex[:8]}", f"e{uuid.uuid4().hex[:8]}"
     # The stale database saw the session only up to its pause (checkpoint 6).
-    first = await start_engine(tmp_path / "stale", databases(stale_name), persistence_class=PauseAtFive)
+    first = await start_engine(
+        tmp_path / "stale", databases(stale_name), persistence_class=PauseAtFive
+    )
     sid = await run_one(first)
     await first.stop()
     # The files of a later run (resumed to completion) are ahead of it.
@@ -129,7 +145,9 @@ async def test_the_side_with_the_higher_sequence_wins_the_session_record(tmp_pat
         document = await third.store.get_session(sid)
         assert document["status"] == "completed", "the files reach the higher sequence and win"
         assert document["last_sequence_number"] == total
-        assert [cp.sequence_number for cp in await third.store.list_checkpoints(sid)] == list(range(1, total + 1))
+        assert [cp.sequence_number for cp in await third.store.list_checkpoints(sid)] == list(
+            range(1, total + 1)
+        )
         assert any("copied from the files" in d for d in third.last_reconcile.decisions)
     finally:
         await third.stop()
@@ -178,7 +196,9 @@ async def test_session_summary_is_written_behind_and_a_lagging_one_is_repaired(
         total = len(await engine.store.list_checkpoints(sid))
         assert (await engine.store.get_session(sid))["last_sequence_number"] == total
         # A crash before the summary was written leaves it behind its checkpoints.
-        await engine.store._sessions.update_one({"_id": sid}, {"$set": {"last_sequence_number": 3, "status": "running"}})
+        await engine.store._sessions.update_one(
+            {"_id": sid}, {"$set": {"last_sequence_number": 3, "status": "running"}}
+        )
     finally:
         release.set()
         await engine.stop()

@@ -176,7 +176,9 @@ async def test_transient_step_failure_is_retried_without_an_error_checkpoint(mak
 
 async def test_error_mid_chapter_then_resume_retries_only_that_step(make_engine) -> None:
     broken = {"on": True}
-    recording = RecordingProviders(fail_on=lambda stage, key: broken["on"] and stage == "prompt" and str(key).startswith("2:"))
+    recording = RecordingProviders(
+        fail_on=lambda stage, key: broken["on"] and stage == "prompt" and str(key).startswith("2:")
+    )
     engine = await make_engine(recording, processing={"step_attempts": 2})
     recorder = EventRecorder(engine)
     sid, status = await run_session(engine, recorder)

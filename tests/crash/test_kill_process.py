@@ -45,7 +45,10 @@ def manuscript_file(folder: Path) -> Path:
     book = {
         "title": "Crash Course",
         "author": "Test",
-        "chapters": [{"number": n, "title": f"Chapter {n}", "content": text * (2 + n % 3)} for n in range(1, CHAPTERS + 1)],
+        "chapters": [
+            {"number": n, "title": f"Chapter {n}", "content": text * (2 + n % 3)}
+            for n in range(1, CHAPTERS + 1)
+        ],
     }
     path = folder / "book.json"
     path.write_text(json.dumps(book))
@@ -65,7 +68,16 @@ def environment(out: Path, calls: Path) -> dict[str, str]:
 
 def command(book: Path, events: Path) -> list[str]:
     script = Path(sys.executable).parent / "illustrator"
-    return [str(script), "process", str(book), "--quiet", "--max-moments", str(MOMENTS), "--events-jsonl", str(events)]
+    return [
+        str(script),
+        "process",
+        str(book),
+        "--quiet",
+        "--max-moments",
+        str(MOMENTS),
+        "--events-jsonl",
+        str(events),
+    ]
 
 
 def acknowledged(events: Path) -> list[tuple[str, int]]:
@@ -83,18 +95,24 @@ def acknowledged(events: Path) -> list[tuple[str, int]]:
     return found
 
 
-def wait_for_acks(process: subprocess.Popen[bytes], events: Path, count: int, timeout: float = 120) -> None:
+def wait_for_acks(
+    process: subprocess.Popen[bytes], events: Path, count: int, timeout: float = 120
+) -> None:
     deadline = time.monotonic() + timeout
     while len(acknowledged(events)) < count:
         if process.poll() is not None:
-            raise AssertionError(f"process ended early ({process.returncode}): {process.stdout.read().decode()[-2000:]}")
+            raise AssertionError(
+                f"process ended early ({process.returncode}): {process.stdout.read().decode()[-2000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"only {len(acknowledged(events))} acks after {timeout}s")
         time.sleep(0.02)  # polling a file another process writes; the bound is the deadline
 
 
 def run_to_end(book: Path, events: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(command(book, events), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command(book, events), env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -107,7 +125,9 @@ def read_database(out: Path) -> tuple[list[dict[str, Any]], dict[str, list[Any]]
         store = open_store(uri, "illustrator")
         try:
             sessions = await store.list_sessions()
-            checkpoints = {d["session_id"]: await store.list_checkpoints(d["session_id"]) for d in sessions}
+            checkpoints = {
+                d["session_id"]: await store.list_checkpoints(d["session_id"]) for d in sessions
+            }
             return sessions, checkpoints
         finally:
             await store.close()
@@ -120,7 +140,9 @@ def read_database(out: Path) -> tuple[list[dict[str, Any]], dict[str, list[Any]]
 
 def image_hashes(out: Path, session_id: str) -> dict[str, str]:
     folder = out / "generated_images" / session_id
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))
+    }
 
 
 def work_outputs(checkpoints: list[Any]) -> list[tuple[str, int | None, Any]]:
@@ -132,7 +154,11 @@ def work_outputs(checkpoints: list[Any]) -> list[tuple[str, int | None, Any]]:
         data = {k: v for k, v in cp.checkpoint_data.items() if k not in ("image", "started_at")}
         if "image" in cp.checkpoint_data:
             image = cp.checkpoint_data["image"]
-            data["image"] = (image["file_path"].split("/")[-1], image["prompt_used"], image["generation_order"])
+            data["image"] = (
+                image["file_path"].split("/")[-1],
+                image["prompt_used"],
+                image["generation_order"],
+            )
         produced.append((str(cp.checkpoint_type), cp.chapter_number, data))
     return produced
 
@@ -142,7 +168,11 @@ def test_kill_9_at_several_points_loses_nothing_and_repeats_no_image(tmp_path: P
 
     # The reference: one uninterrupted run.
     reference_out = tmp_path / "reference"
-    run_to_end(book, tmp_path / "reference-events.jsonl", environment(reference_out, tmp_path / "reference-calls.jsonl"))
+    run_to_end(
+        book,
+        tmp_path / "reference-events.jsonl",
+        environment(reference_out, tmp_path / "reference-calls.jsonl"),
+    )
     (reference_session,), reference_checkpoints = read_database(reference_out)
     reference_id = reference_session["session_id"]
 
@@ -151,7 +181,9 @@ def test_kill_9_at_several_points_loses_nothing_and_repeats_no_image(tmp_path: P
     files = FileStore(out)
     kills = 0
     for threshold in KILL_AFTER_ACKS:
-        process = subprocess.Popen(command(book, events), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command(book, events), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         try:
             wait_for_acks(process, events, threshold)
         finally:
@@ -176,7 +208,9 @@ def test_kill_9_at_several_points_loses_nothing_and_repeats_no_image(tmp_path: P
     stored = checkpoints[sid]
     # Guarantee 3: gap-free, unique, strictly increasing; files and database agree.
     assert [cp.sequence_number for cp in stored] == list(range(1, len(stored) + 1))
-    assert [cp.sequence_number for cp in files.load_checkpoints(sid)] == [cp.sequence_number for cp in stored]
+    assert [cp.sequence_number for cp in files.load_checkpoints(sid)] == [
+        cp.sequence_number for cp in stored
+    ]
     assert {seq for _, seq in acknowledged(events)} <= {cp.sequence_number for cp in stored}
     # Kills land mid-step, so no pause checkpoints: exactly the uninterrupted sequence.
     assert len(stored) == TOTAL_CHECKPOINTS
@@ -189,6 +223,8 @@ def test_kill_9_at_several_points_loses_nothing_and_repeats_no_image(tmp_path: P
 
     # The final output equals the uninterrupted run's.
     assert work_outputs(stored) == work_outputs(reference_checkpoints[reference_id])
-    assert list(image_hashes(out, sid).values()) == list(image_hashes(reference_out, reference_id).values())
+    assert list(image_hashes(out, sid).values()) == list(
+        image_hashes(reference_out, reference_id).values()
+    )
     assert len(image_hashes(out, sid)) == CHAPTERS * MOMENTS
     assert not list(out.rglob("*.tmp")), "no torn temp files are left behind"

@@ -30,7 +30,9 @@ def manuscript_body(chapters: int = 2) -> dict[str, Any]:
         "author": "Tester",
         "genre": "fantasy",
         "description": "A test",
-        "chapters": [{"title": f"Part {n}", "content": BODY * 3, "number": n} for n in range(1, chapters + 1)],
+        "chapters": [
+            {"title": f"Part {n}", "content": BODY * 3, "number": n} for n in range(1, chapters + 1)
+        ],
     }
 
 

@@ -22,7 +22,9 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_server_starts_degraded_and_processes_on_files(aiohttp_client, tmp_path: Path) -> None:
+async def test_server_starts_degraded_and_processes_on_files(
+    aiohttp_client, tmp_path: Path
+) -> None:
     port = closed_port()  # nothing listens there: the database is down from the start
     config = config_from_mapping(
         {
@@ -45,12 +47,18 @@ async def test_server_starts_degraded_and_processes_on_files(aiohttp_client, tmp
 
     created = await client.post(
         "/api/manuscripts",
-        json={"title": "Offline", "author": "T", "chapters": [{"title": "One", "content": "Joy and fear at the sea. " * 20}]},
+        json={
+            "title": "Offline",
+            "author": "T",
+            "chapters": [{"title": "One", "content": "Joy and fear at the sea. " * 20}],
+        },
     )
     assert created.status in (200, 201), await created.text()
     manuscript_id = (await created.json())["manuscript_id"]
     recorder = EventRecorder(engine)
-    started = await client.post("/api/process", json={"manuscript_id": manuscript_id, "max_emotional_moments": 2})
+    started = await client.post(
+        "/api/process", json={"manuscript_id": manuscript_id, "max_emotional_moments": 2}
+    )
     assert started.status == 200, await started.text()
     session_id = (await started.json())["session_id"]
     assert await recorder.wait_final(session_id) == "completed"
@@ -63,5 +71,9 @@ async def test_server_starts_degraded_and_processes_on_files(aiohttp_client, tmp
     health = await (await client.get("/health")).json()
     assert health["persistence_backlog"] > 0
     metrics = await (await client.get("/metrics")).text()
-    backlog_lines = [line for line in metrics.splitlines() if "backlog_records" in line and not line.startswith("#")]
+    backlog_lines = [
+        line
+        for line in metrics.splitlines()
+        if "backlog_records" in line and not line.startswith("#")
+    ]
     assert backlog_lines and float(backlog_lines[0].split()[-1]) > 0

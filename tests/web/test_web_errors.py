@@ -69,9 +69,13 @@ async def test_unknown_route_and_wrong_method_are_json(client) -> None:
 
 
 async def test_malformed_json_is_400_and_non_object_is_422(client) -> None:
-    response = await client.post("/api/process", data=b"{not json", headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/api/process", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     await expect_error(response, 400)
-    response = await client.post("/api/manuscripts", data=b"[1, 2]", headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/api/manuscripts", data=b"[1, 2]", headers={"Content-Type": "application/json"}
+    )
     await expect_error(response, 422)
 
 
@@ -95,16 +99,22 @@ async def test_oversized_body_is_413(client) -> None:
         ("manuscript_id", 12),
     ],
 )
-async def test_process_body_with_wrong_types_or_ranges_is_422_naming_the_field(client, field, value) -> None:
+async def test_process_body_with_wrong_types_or_ranges_is_422_naming_the_field(
+    client, field, value
+) -> None:
     mid = await create_manuscript(client)
-    body = await expect_error(await client.post("/api/process", json={"manuscript_id": mid, field: value}), 422)
+    body = await expect_error(
+        await client.post("/api/process", json={"manuscript_id": mid, field: value}), 422
+    )
     assert body["details"]["field"] == field
 
 
 async def test_process_without_manuscript_id_or_unknown_manuscript(client) -> None:
     body = await expect_error(await client.post("/api/process", json={}), 422)
     assert body["details"]["field"] == "manuscript_id"
-    await expect_error(await client.post("/api/process", json={"manuscript_id": str(uuid.uuid4())}), 404)
+    await expect_error(
+        await client.post("/api/process", json={"manuscript_id": str(uuid.uuid4())}), 404
+    )
 
 
 async def test_manuscript_validation_names_the_field(client) -> None:
@@ -125,6 +135,8 @@ async def test_bearer_token_is_required_when_configured_except_for_health(make_c
     client = await make_client(api_tokens=["s3cret"])
     assert (await client.get("/health")).status == 200
     await expect_error(await client.get("/api/manuscripts"), 401)
-    await expect_error(await client.get("/api/manuscripts", headers={"Authorization": "Bearer wrong"}), 401)
+    await expect_error(
+        await client.get("/api/manuscripts", headers={"Authorization": "Bearer wrong"}), 401
+    )
     ok = await client.get("/api/manuscripts", headers={"Authorization": "Bearer s3cret"})
     assert ok.status == 200

@@ -45,7 +45,9 @@ async def test_upload_process_follow_serve_and_export(make_client, gate) -> None
     created = await client.post("/api/manuscripts", data=form)
     assert created.status == 201, await created.text()
     mid = (await created.json())["manuscript_id"]
-    assert (await (await client.get(f"/api/manuscripts/{mid}")).json())["manuscript"]["total_chapters"] == 2
+    assert (await (await client.get(f"/api/manuscripts/{mid}")).json())["manuscript"][
+        "total_chapters"
+    ] == 2
 
     gallery = await client.ws_connect(f"/ws/gallery/{mid}")
     assert (await gallery.receive_json(timeout=10))["type"] == "snapshot"
@@ -78,14 +80,18 @@ async def test_upload_process_follow_serve_and_export(make_client, gate) -> None
     served = await client.get(images[0]["url"])
     assert served.status == 200 and (await served.read())[:4] == b"\x89PNG"
     detail = await (await client.get(f"/api/sessions/{sid}/status")).json()
-    assert detail["status"] == "completed" and detail["progress"] == 100 and len(detail["images"]) == 4
+    assert (
+        detail["status"] == "completed" and detail["progress"] == 100 and len(detail["images"]) == 4
+    )
     assert 0 < len(detail["logs"]) <= 20
     checkpoints = await (await client.get(f"/api/sessions/{sid}/checkpoints")).json()
     assert checkpoints["checkpoints"][-1]["checkpoint_type"] == "session_completed"
 
     page = await (await client.get(f"/api/sessions/{sid}/logs?after=0&limit=5")).json()
     assert [e["event_seq"] for e in page["logs"]] == [1, 2, 3, 4, 5] and page["has_more"] is True
-    rest = await (await client.get(f"/api/sessions/{sid}/logs?after={page['next_after']}&limit=1000")).json()
+    rest = await (
+        await client.get(f"/api/sessions/{sid}/logs?after={page['next_after']}&limit=1000")
+    ).json()
     assert [e["event_seq"] for e in rest["logs"]] == list(range(6, 6 + rest["count"]))
 
     exported = await client.post(f"/api/manuscripts/{mid}/export?format=html")
@@ -153,7 +159,12 @@ async def test_pause_resume_cancel_restart_and_delete(make_client, gate) -> None
     resumed = await client.post(f"/api/process/resume/{sid}")
     body = await resumed.json()
     assert resumed.status == 200 and body["is_existing"] is False
-    assert set(body["resume_info"]) == {"checkpoint_type", "progress_percent", "total_chapters", "last_completed_chapter"}
+    assert set(body["resume_info"]) == {
+        "checkpoint_type",
+        "progress_percent",
+        "total_chapters",
+        "last_completed_chapter",
+    }
     last = recorder.events[sid][-1].event_seq
     assert await recorder.wait_final(sid, after_seq=last) == "completed"
     assert (await client.post(f"/api/process/{sid}/pause")).status == 409
@@ -206,8 +217,13 @@ async def test_manuscript_delete_is_409_while_live_and_404_when_gone(make_client
 
 async def test_served_file_names_cannot_escape_their_folders(client) -> None:
     mid = await create_manuscript(client)
-    for path in ("/exports/..%2F..%2Fconfig.toml", "/exports/.hidden.html", "/exports/a.toml",
-                 f"/generated_images/{mid}/..%2F..%2Fx.png", f"/generated_images/{mid}/evil.png"):
+    for path in (
+        "/exports/..%2F..%2Fconfig.toml",
+        "/exports/.hidden.html",
+        "/exports/a.toml",
+        f"/generated_images/{mid}/..%2F..%2Fx.png",
+        f"/generated_images/{mid}/evil.png",
+    ):
         response = await client.get(path)
         assert response.status in (404, 422), path
         assert (await response.json())["success"] is False
