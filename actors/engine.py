@@ -441,18 +441,19 @@ class Engine(OperatorCommands):
         Returns the ids of the interrupted sessions found.
         """
         auto = self.config.processing.auto_resume if auto_resume is None else auto_resume
+        # A crash during an earlier recovery leaves sessions "interrupted" before their
+        # resumed actor wrote anything: with auto-resume they are picked up again too.
+        statuses = [*LIVE_STATUSES, "interrupted"] if auto else list(LIVE_STATUSES)
         candidates: set[str] = set()
         if self.store is not None:
             try:
-                for document in await self.store.list_sessions(
-                    statuses=list(LIVE_STATUSES), limit=100_000
-                ):
+                for document in await self.store.list_sessions(statuses=statuses, limit=100_000):
                     candidates.add(document["session_id"])
             except DatabaseUnavailableError:
                 logger.warning("database unavailable during recovery; using files")
         report = await asyncio.to_thread(self.files.scan)
         for sid, document in report.sessions.items():
-            if document.get("status") in LIVE_STATUSES:
+            if document.get("status") in statuses:
                 candidates.add(sid)
         recovered: list[str] = []
         manuscripts: dict[str, asyncio.Future[Manuscript]] = {}

@@ -213,6 +213,10 @@ class PersistenceActor(pykka.ThreadingActor):
                 reply.set_result(self.stats.as_dict())
             case _:
                 return super().on_receive(message)
+        # Whatever message came last (a stats query, a timer tick), pending checkpoints
+        # are committed as soon as the mailbox runs dry: their sessions wait for the ack.
+        if self._pending and self.actor_inbox.empty():
+            self._commit()
         return None
 
     # -- the batch ---------------------------------------------------------------

@@ -12,8 +12,8 @@ import contextlib
 import io
 import logging
 import os
+import uuid
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -94,12 +94,14 @@ def write_file_atomically(destination: Path, data: bytes) -> None:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
+    # The temp name follows the storage layer's pattern (".{name}.{32 hex}.tmp"), so the
+    # start-up clean-up recognises and removes what a kill -9 left behind.
+    temp_name = str(destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.tmp"))
+    fd = os.open(
+        temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644
     )
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes it 0600; the web serves it
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -211,3 +211,25 @@ async def test_session_summary_is_written_behind_and_a_lagging_one_is_repaired(
         assert any("summary brought up" in d for d in again.last_reconcile.decisions)
     finally:
         await again.stop()
+
+
+async def test_a_session_left_interrupted_by_a_crash_during_recovery_resumes(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    name = f"k{uuid.uuid4().hex[:8]}"
+    first = await start_engine(tmp_path / "out", databases(name), persistence_class=PauseAtFive)
+    sid = await run_one(first)
+    # As after a kill between recovery marking it and its resumed actor's first checkpoint:
+    await first.store.update_session(sid, {"status": "interrupted", "can_resume": True})
+    session_file = first.files.load_session_file(sid)
+    first.files.write_session_file(sid, {**session_file, "status": "interrupted"})
+    await first.stop()
+
+    second = await start_engine(tmp_path / "out", databases(name))
+    try:
+        recorder = EventRecorder(second)
+        assert sid in await second.recover(auto_resume=True)
+        assert await recorder.wait_final(sid) == "completed"
+    finally:
+        await second.stop()
