@@ -51,6 +51,7 @@ from errors import (
     DatabaseUnavailableError,
     IllustratorError,
     NotFoundError,
+    StorageError,
     ValidationError,
 )
 from pipeline.manuscripts import Manuscript
@@ -280,6 +281,23 @@ class Engine(OperatorCommands):
             external_session_id=external_session_id,
             start_from_chapter=start_from_chapter,
         )
+        # The session record is durable before anyone learns its id: a crash right after
+        # the reply leaves a pending session that recovery resumes, never a dangling id.
+        assert self.persistence is not None, "engine not started"
+        durable = Reply.for_loop()
+        self.persistence.tell(
+            CheckpointReached(
+                session_id=state.session_id,
+                checkpoint=None,
+                session_fields=state.session_fields(),
+                session_file=state.session_file(),
+                new_session=state.session_document(),
+                ack=durable,
+            )
+        )
+        error = await durable.wait(60)
+        if error is not None:
+            raise StorageError(f"could not record the new session: {error}")
         return await self._submit(state, manuscript, resumed=False)
 
     async def resume_session(self, session_id: str) -> dict[str, Any]:

@@ -157,6 +157,8 @@ class CheckpointReached:
     """Told :class:`CheckpointPersisted` once durable."""
     events: tuple[LogEntry, ...] = ()
     """Events emitted with this milestone, stored in the same batch."""
+    ack: Reply | None = None
+    """For callers that are not actors: answered with None once durable (or the error)."""
     sent_at: float = field(default_factory=time.monotonic)
     """When the session sent it (acknowledgement latency is measured from here)."""
 

@@ -245,6 +245,8 @@ class PersistenceActor(pykka.ThreadingActor):
             error = self._loop.run_until_complete(self._write_both(checkpoints))
         now = time.monotonic()
         for message in checkpoints:
+            if message.ack is not None:
+                message.ack.set_result(error)
             if message.reply_to is None:
                 continue
             seq = message.checkpoint.sequence_number if message.checkpoint else 0

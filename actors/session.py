@@ -83,6 +83,7 @@ class SessionActor(pykka.ThreadingActor):
         self._retry_timer: threading.Timer | None = None
         self._finished = False
         self._pending_publish: tuple[LogEntry, ...] = ()
+        self._durable_snapshot: dict[str, Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -616,7 +617,13 @@ class SessionActor(pykka.ThreadingActor):
         self._publish_snapshot()
 
     def _snapshot(self, **extra: Any) -> dict[str, Any]:
-        snap = self.state.snapshot()
+        if self._awaiting is not None and self._durable_snapshot is not None:
+            # A checkpoint is on its way to disk: show only what is already durable.
+            snap = dict(self._durable_snapshot)
+        else:
+            snap = self.state.snapshot()
+            self._durable_snapshot = snap
+        snap = dict(snap)
         snap["pause_requested"] = self._pause_requested
         snap["cancel_requested"] = self._cancel_requested
         snap.update(extra)
