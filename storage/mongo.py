@@ -256,17 +256,20 @@ class MongoStore:
     async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> None:
         """One group commit; every part is idempotent, so the whole batch may be retried.
 
-        Order: checkpoints, images and logs first, session documents last, so a session
-        document never names a checkpoint or counter whose records are not stored yet.
+        Order: image records and logs, then checkpoints, then session documents, so that
+        whatever a crash cuts off, a stored record never names one that is not stored yet:
+        a stored IMAGES_GENERATING checkpoint implies its image record (reconciliation
+        copies only missing checkpoints, with their images), and a session document never
+        names a checkpoint or counter whose records are missing.
         """
         if batch.new_sessions:
             documents = [_new_session_document(d) for d in batch.new_sessions]
             await self._call(
                 "create sessions", lambda: self._insert_many_idempotent(self._sessions, documents)
             )
-        await self._insert_all(self._checkpoints, "store checkpoints", batch.checkpoints)
         await self._insert_all(self._images, "store images", batch.images)
         await self._insert_all(self._logs, "store logs", batch.logs)
+        await self._insert_all(self._checkpoints, "store checkpoints", batch.checkpoints)
         await self._update_sessions(batch, max(0, embedded_keep))
 
     async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:

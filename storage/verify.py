@@ -105,6 +105,17 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
                 f"the checkpoints end at {db_seqs[-1]}"
             )
         await _verify_images(store, sid, output_dir, report)
+        named = {
+            (cp.chapter_number, cp.checkpoint_data["image"].get("scene_number"))
+            for cp in in_db
+            if "image" in cp.checkpoint_data
+        }
+        recorded = {(i.chapter_number, i.scene_number) for i in await store.list_images(sid)}  # type: ignore[arg-type]
+        if named != recorded:
+            report.problems.append(
+                f"{sid}: image checkpoints name {len(named)} images, the image records are "
+                f"{len(recorded)} (missing {sorted(named - recorded)[:5]}, extra {sorted(recorded - named)[:5]})"
+            )
     return report
 
 

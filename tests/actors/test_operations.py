@@ -84,6 +84,7 @@ async def test_verify_reports_gaps_disagreements_and_missing_images(
         (tmp_path / "out" / "generated_images" / sid / "stray.png").write_bytes(
             b"\x89PNG\r\n\x1a\n"
         )
+        await engine.store._images.delete_one({"session_id": sid, "chapter_number": 1, "scene_number": 2})
         broken = await engine.verify()
         assert not broken.ok
         text = broken.render()
@@ -91,6 +92,7 @@ async def test_verify_reports_gaps_disagreements_and_missing_images(
         assert "files hold checkpoints" in text
         assert "chapter_2_scene_1.png is missing on disk" in text
         assert "stray.png on disk has no image record" in text
+        assert "image records are 3 (missing [(1, 2)]" in text
     finally:
         await engine.stop()
 
