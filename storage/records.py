@@ -87,9 +87,7 @@ class Checkpoint:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Checkpoint:
         """Inverse of :meth:`to_document` and :meth:`to_json`."""
-        created = doc.get("created_at")
-        if isinstance(created, str):
-            created = datetime.fromisoformat(created)
+        created = _parse_time(doc.get("created_at"))
         return cls(
             session_id=SessionId(doc["session_id"]),
             sequence_number=int(doc["sequence_number"]),
@@ -160,9 +158,7 @@ class LogEntry:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> LogEntry:
         """Inverse of :meth:`to_document`."""
-        ts = doc.get("timestamp")
-        if isinstance(ts, str):
-            ts = datetime.fromisoformat(ts)
+        ts = _parse_time(doc.get("timestamp"))
         return cls(
             session_id=SessionId(doc["session_id"]),
             event_seq=int(doc["event_seq"]),
@@ -224,9 +220,7 @@ class ImageRecord:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> ImageRecord:
         """Inverse of :meth:`to_document` and :meth:`to_json`."""
-        created = doc.get("created_at")
-        if isinstance(created, str):
-            created = datetime.fromisoformat(created)
+        created = _parse_time(doc.get("created_at"))
         return cls(
             session_id=SessionId(doc["session_id"]),
             chapter_number=int(doc["chapter_number"]),
@@ -267,3 +261,10 @@ class PersistBatch:
             + len(self.images)
             + len(self.new_sessions)
         )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """A stored time: datetimes from the drivers, ISO-8601 text from the JSON files."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value if isinstance(value, datetime) else None
