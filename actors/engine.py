@@ -203,11 +203,11 @@ class Engine(OperatorCommands):
         self.persistence.tell(FlushPersistence(reply))
         return int(await reply.wait(timeout))
 
-    async def persistence_stats(self) -> dict[str, Any]:
+    async def persistence_stats(self, *, with_samples: bool = False) -> dict[str, Any]:
         """Counters of the PersistenceActor."""
         assert self.persistence is not None
         reply = Reply.for_loop()
-        self.persistence.tell(GetPersistenceStats(reply))
+        self.persistence.tell(GetPersistenceStats(reply, with_samples))
         result: dict[str, Any] = await reply.wait(10)
         return result
 

@@ -197,6 +197,8 @@ class GetPersistenceStats:
 
     reply: Reply
     """Answered with a stats dict."""
+    with_samples: bool = False
+    """Also copy the recent ack latencies (up to 20,000; benchmarks only)."""
 
 
 __all__ = [

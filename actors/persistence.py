@@ -80,8 +80,8 @@ class PersistenceStats:
         self.ack_latency_sum_ms += latency_ms
         self.ack_latency_samples.append(latency_ms)
 
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-safe copy."""
+    def as_dict(self, with_samples: bool = False) -> dict[str, Any]:
+        """A JSON-safe copy (the raw latency samples only on request: they are large)."""
         return {
             "batches": self.batches,
             "checkpoints": self.checkpoints,
@@ -96,7 +96,7 @@ class PersistenceStats:
             "ack_latency_buckets_ms": list(LATENCY_BUCKETS_MS),
             "ack_latency_counts": list(self.ack_latency_counts),
             "ack_latency_sum_ms": self.ack_latency_sum_ms,
-            "ack_latency_samples_ms": list(self.ack_latency_samples),
+            "ack_latency_samples_ms": list(self.ack_latency_samples) if with_samples else [],
             "batch_size_counts": dict(self.batch_size_counts),
         }
 
@@ -209,8 +209,8 @@ class PersistenceActor(pykka.ThreadingActor):
             case FlushSummaries():
                 self._commit()
                 self._flush_summaries(force=False)
-            case GetPersistenceStats(reply=reply):
-                reply.set_result(self.stats.as_dict())
+            case GetPersistenceStats(reply=reply, with_samples=with_samples):
+                reply.set_result(self.stats.as_dict(with_samples))
             case _:
                 return super().on_receive(message)
         # Whatever message came last (a stats query, a timer tick), pending checkpoints

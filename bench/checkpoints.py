@@ -164,7 +164,7 @@ class CountingPersistenceActor(PersistenceActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, GetPersistenceStats):
-            message.reply.set_result({**self.stats.as_dict(), **self.bench})
+            message.reply.set_result({**self.stats.as_dict(message.with_samples), **self.bench})
             return None
         return super().on_receive(message)
 
@@ -385,7 +385,7 @@ async def run_level(
         print(f"  live snapshots: {dict(phases.most_common(8))}", flush=True)
         print("  threads by innermost frame:\n" + thread_summary(), flush=True)
 
-    stats = await engine.persistence_stats()
+    stats = await engine.persistence_stats(with_samples=True)
     backlog_left = await engine.flush()
     stop_started = time.perf_counter()
     unsubscribe()
