@@ -8,6 +8,7 @@ status queries interleave between steps and nothing a client saw as done can be 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, replace
@@ -120,8 +121,28 @@ class SessionActor(pykka.ThreadingActor):
             exc_info=(exception_type, exception_value, traceback),
         )
         self.hub.drop_snapshot(self.state.session_id)
+        # Record the failure (resumable: the checkpoints stay authoritative) and tell
+        # clients, so the session is not left "running" until the next restart.
+        state = self.state
+        state.status = SessionStatus.FAILED
+        state.error_message = f"internal error: {exception_type.__name__}: {exception_value}"
+        self._unsent = []
+        self._emit("error", {"error": state.error_message})
+        events = tuple(self._unsent)
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.persistence.tell(
+                CheckpointReached(
+                    session_id=state.session_id,
+                    checkpoint=None,
+                    session_fields=state.session_fields(),
+                    session_file=state.session_file(),
+                    events=events,
+                )
+            )
         if self.supervisor is not None:
-            self.supervisor.tell(SessionFinished(self.state.session_id, SessionStatus.FAILED))
+            self.supervisor.tell(SessionFinished(state.session_id, SessionStatus.FAILED, events))
+        else:
+            self.hub.publish(events)
 
     def on_receive(self, message: Any) -> Any:
         match message:

@@ -84,7 +84,9 @@ async def test_verify_reports_gaps_disagreements_and_missing_images(
         (tmp_path / "out" / "generated_images" / sid / "stray.png").write_bytes(
             b"\x89PNG\r\n\x1a\n"
         )
-        await engine.store._images.delete_one({"session_id": sid, "chapter_number": 1, "scene_number": 2})
+        await engine.store._images.delete_one(
+            {"session_id": sid, "chapter_number": 1, "scene_number": 2}
+        )
         broken = await engine.verify()
         assert not broken.ok
         text = broken.render()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -244,3 +245,32 @@ async def test_second_start_of_a_live_session_returns_it(make_engine) -> None:
     assert again["is_existing"] is True
     for result in (first, queued):
         assert await recorder.wait_final(result["session_id"]) == "completed"
+
+
+async def test_a_bug_in_a_session_marks_it_failed_and_resumable(make_engine) -> None:
+    engine = await make_engine(RecordingProviders())
+    recorder = EventRecorder(engine)
+    board = engine.hub.put_snapshot
+    calls = {"n": 0}
+
+    def broken_board(snapshot: dict) -> None:
+        # A bug outside any step (steps retry their own failures): the board raises when
+        # the 4th acknowledgement updates it. The caller's frame tells where we are.
+        if sys._getframe(2).f_code.co_name == "_on_persisted":
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise RuntimeError("board exploded")
+        board(snapshot)
+
+    engine.hub.put_snapshot = broken_board  # type: ignore[method-assign]
+    sid, status = await run_session(engine, recorder)
+    assert status == "failed"
+    await engine.flush()
+    document = await engine.store.get_session(sid)
+    assert document["status"] == "failed"
+    assert document["can_resume"] is True
+    assert "internal error: RuntimeError: board exploded" in document["error_message"]
+    engine.hub.put_snapshot = board  # type: ignore[method-assign]
+    last_event = recorder.events[sid][-1].event_seq
+    await engine.resume_session(sid)
+    assert await recorder.wait_final(sid, after_seq=last_event) == "completed"
