@@ -136,15 +136,24 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     )
     config = replace(config, server=server)
     # run_app turns SIGINT and SIGTERM into a graceful shutdown (cleanup_ctx runs).
-    web.run_app(
-        create_app(config),
-        host=server.host,
-        port=server.port,
-        print=lambda text: print(
-            text.replace("(Press CTRL+C to quit)", "(Ctrl-C pauses sessions and stops)"), flush=True
-        ),
-        shutdown_timeout=30,
-    )
+    try:
+        web.run_app(
+            create_app(config),
+            host=server.host,
+            port=server.port,
+            print=lambda text: print(
+                text.replace("(Press CTRL+C to quit)", "(Ctrl-C pauses sessions and stops)"),
+                flush=True,
+            ),
+            shutdown_timeout=30,
+        )
+    except OSError as exc:  # typically the port is taken; everything was shut down cleanly
+        print(
+            f"illustrator: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}\n"
+            f"Choose another port: --port N or ILLUSTRATOR_SERVER_PORT=N",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
