@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -137,10 +138,8 @@ async def delete_session(request: web.Request) -> web.Response:
     sid = session_id(request.match_info["session_id"])
     view = await find_session(engine, sid)
     if view["live"]:
-        try:
+        with contextlib.suppress(ConflictError):  # it finished meanwhile
             await send_control(engine, sid, "cancel")
-        except ConflictError:
-            pass  # it finished meanwhile
         if not await wait_until_stopped(engine, sid):
             raise ConflictError(
                 f"session {sid} did not stop in time; try again", details={"session_id": sid}
