@@ -58,14 +58,8 @@ _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*(.*?)\s*```\s*$", re.DOTALL)
 _WORDS = re.compile(r"\w+")
 
 
-class OpenAIChatAnalyzer:
-    """Emotion analysis by a chat model (``POST {api_base}/chat/completions``).
-
-    Moments whose excerpt cannot be found in the chapter (even loosely, or by valid
-    positions) are dropped; if none is left, the offline ``LexiconAnalyzer`` answers, so
-    a chapter always yields at least one moment. A reply that is not JSON is a
-    ``ProviderError`` (the session's step retry asks again).
-    """
+class _ChatStage:
+    """An OpenAI-compatible chat model behind one pipeline stage (analysis or prompts)."""
 
     def __init__(
         self,
@@ -81,6 +75,17 @@ class OpenAIChatAnalyzer:
         self.client = OpenAIClient(
             api_base, api_key, timeout=timeout, retries=retries, backoff_seconds=backoff_seconds
         )
+
+
+class OpenAIChatAnalyzer(_ChatStage):
+    """Emotion analysis by a chat model (``POST {api_base}/chat/completions``).
+
+    Moments whose excerpt cannot be found in the chapter (even loosely, or by valid
+    positions) are dropped; if none is left, the offline ``LexiconAnalyzer`` answers, so
+    a chapter always yields at least one moment. A reply that is not JSON is a
+    ``ProviderError`` (the session's step retry asks again).
+    """
+
 
     def analyze(self, chapter: Chapter, max_moments: int) -> list[EmotionalMoment]:
         """Ask the model for up to ``max_moments`` moments of ``chapter``."""
@@ -240,27 +245,15 @@ def _text(value: object, limit: int) -> str:
     return " ".join(value.split())[:limit] if isinstance(value, str) else ""
 
 
-class OpenAIPromptWriter:
+class OpenAIPromptWriter(_ChatStage):
     """Prompts written by a chat model from the moment and the style config.
 
     The template writer's modifiers, negative prompt and technical parameters are kept;
     the model writes the prompt text itself.
     """
 
-    def __init__(
-        self,
-        api_base: str,
-        api_key: str,
-        model: str,
-        timeout: float = 60.0,
-        retries: int = 2,
-        *,
-        backoff_seconds: float = 0.5,
-    ) -> None:
-        self.model = model
-        self.client = OpenAIClient(
-            api_base, api_key, timeout=timeout, retries=retries, backoff_seconds=backoff_seconds
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._template = TemplatePromptWriter()
 
     def write(
