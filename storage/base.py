@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from domain import ManuscriptId, SessionId
+from storage.leases import LeaseOutcome
 from storage.records import Checkpoint, ImageRecord, LogEntry, PersistBatch
 
 
@@ -51,12 +52,33 @@ class SessionStore(Protocol):
     ) -> tuple[dict[str, Any], list[Checkpoint]] | None:
         """The session document plus all its checkpoints in sequence order (latest last)."""
 
+    async def get_sessions_for_resume(
+        self, session_ids: list[str]
+    ) -> dict[str, tuple[dict[str, Any], list[Checkpoint]]]:
+        """The same for many sessions at once (those without a document are left out)."""
+
     async def delete_session(self, session_id: SessionId) -> None:
         """Delete a session with its checkpoints, logs and image records."""
 
     # checkpoints, logs, images
-    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> None:
-        """One group commit: checkpoints, session updates, logs and images, idempotently."""
+    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> set[str]:
+        """One group commit: checkpoints, session updates, logs and images, idempotently.
+
+        Returns the sessions whose writer was fenced (a newer lease epoch wrote first)."""
+
+    # leases (storage.leases)
+    async def acquire_leases(
+        self, session_ids: list[str], owner: str, ttl_seconds: float
+    ) -> LeaseOutcome:
+        """Take the leases that are free, ours, expired or held by a dead local process."""
+
+    async def renew_leases(
+        self, epochs: dict[str, int], owner: str, ttl_seconds: float
+    ) -> set[str]:
+        """Extend our leases; returns the sessions whose lease we lost."""
+
+    async def check_leases(self, epochs: dict[str, int], owner: str) -> set[str]:
+        """The sessions whose lease (owner and epoch) is no longer ours."""
 
     async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:
         """Store checkpoints and embed their compact forms (at most ``embedded_keep`` kept)."""

@@ -35,6 +35,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 
 from domain import ManuscriptId, SessionId, utcnow
 from errors import DatabaseUnavailableError, StorageError
+from storage.leases import LeaseHolder, LeaseOutcome, chunks, lease_deadline, takeable
 from storage.records import Checkpoint, ImageRecord, LogEntry, PersistBatch
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ T = TypeVar("T")
 
 DRIVERS = ("pymongo", "motor", "mongomock")
 DUPLICATE_KEY = 11000
-MANAGED_SESSION_FIELDS = frozenset({"_id", "checkpoints", "last_sequence_number"})
+MANAGED_SESSION_FIELDS = frozenset({"_id", "checkpoints", "last_sequence_number", "epoch"})
 """Session fields only the store writes; they are dropped from caller ``$set`` updates."""
 _BULK_PROBE_ID = "\x00bulk-write-probe"
 """A session ``_id`` no real session has: the probe's update matches nothing."""
@@ -241,6 +242,30 @@ class MongoStore:
             return None
         return session, await self.list_checkpoints(session_id)
 
+    async def get_sessions_for_resume(
+        self, session_ids: list[str]
+    ) -> dict[str, tuple[dict[str, Any], list[Checkpoint]]]:
+        """:meth:`get_session_for_resume` of many sessions, two queries per 32 of them."""
+        found: dict[str, tuple[dict[str, Any], list[Checkpoint]]] = {}
+        for chunk in chunks(list(dict.fromkeys(session_ids))):
+            documents = await self._find(
+                self._sessions, "get sessions", {"_id": {"$in": chunk}}, [("_id", ASCENDING)]
+            )
+            if not documents:
+                continue
+            docs = await self._find(
+                self._checkpoints,
+                "list checkpoints",
+                {"session_id": {"$in": [d["_id"] for d in documents]}},
+                [("session_id", ASCENDING), ("sequence_number", ASCENDING)],
+            )
+            by_session: dict[str, list[Checkpoint]] = {}
+            for doc in docs:
+                by_session.setdefault(doc["session_id"], []).append(Checkpoint.from_document(doc))
+            for document in documents:
+                found[document["_id"]] = (document, by_session.get(document["_id"], []))
+        return found
+
     async def delete_session(self, session_id: SessionId) -> None:
         """Delete checkpoints, logs and images, then the session document itself (last, so
         an interrupted delete still lists the session and can simply be repeated)."""
@@ -251,10 +276,107 @@ class MongoStore:
             )
         await self._call("delete session", lambda: self._sessions.delete_one({"_id": session_id}))
 
+
+    # -- leases (storage.leases) ---------------------------------------------------------
+
+    async def acquire_leases(
+        self, session_ids: list[str], owner: str, ttl_seconds: float
+    ) -> LeaseOutcome:
+        """Take the leases of ``session_ids`` that are free, ours, expired or dead-owned.
+
+        Compare-and-set on the epoch, so of two instances racing for a session exactly
+        one wins; each granted lease has a new, higher epoch.
+        """
+        outcome = LeaseOutcome(granted={}, refused={}, missing=[])
+        for chunk in chunks(list(dict.fromkeys(session_ids))):
+            now = utcnow()
+            until = lease_deadline(ttl_seconds, now)
+            docs = await self._lease_documents(chunk)
+            ops: list[_Update] = []
+            expected: dict[str, int] = {}
+            for sid in chunk:
+                doc = docs.get(sid)
+                if doc is None:
+                    outcome.missing.append(sid)
+                elif takeable(doc, owner, now):
+                    epoch = doc.get("epoch")
+                    expected[sid] = int(epoch or 0) + 1
+                    ops.append(
+                        (
+                            {"_id": sid, "epoch": epoch},
+                            {
+                                "$set": {
+                                    "owner": owner,
+                                    "lease_until": until,
+                                    "epoch": expected[sid],
+                                }
+                            },
+                        )
+                    )
+                else:
+                    outcome.refused[sid] = _holder(doc)
+            if not ops:
+                continue
+            await self._run_updates("acquire leases", ops)
+            after = await self._lease_documents(list(expected))
+            for sid, epoch in expected.items():
+                doc = after.get(sid) or {}
+                if doc.get("owner") == owner and doc.get("epoch") == epoch:
+                    outcome.granted[sid] = epoch
+                else:  # another instance won the race
+                    outcome.refused[sid] = _holder(doc, sid)
+        return outcome
+
+    async def renew_leases(
+        self, epochs: dict[str, int], owner: str, ttl_seconds: float
+    ) -> set[str]:
+        """Extend our leases; returns the sessions whose lease we no longer hold."""
+        lost: set[str] = set()
+        for chunk in chunks(list(epochs)):
+            until = lease_deadline(ttl_seconds)
+            await self._call(
+                "renew leases",
+                partial(
+                    self._sessions.update_many,
+                    {"_id": {"$in": chunk}, "owner": owner},
+                    {"$set": {"lease_until": until}},
+                ),
+            )
+            lost |= await self._lost_leases({sid: epochs[sid] for sid in chunk}, owner)
+        return lost
+
+    async def check_leases(self, epochs: dict[str, int], owner: str) -> set[str]:
+        """The sessions of ``epochs`` whose lease (owner and epoch) is no longer ours."""
+        lost: set[str] = set()
+        for chunk in chunks(list(epochs)):
+            lost |= await self._lost_leases({sid: epochs[sid] for sid in chunk}, owner)
+        return lost
+
+    async def _lost_leases(self, epochs: dict[str, int], owner: str) -> set[str]:
+        docs = await self._lease_documents(list(epochs))
+        return {
+            sid
+            for sid, epoch in epochs.items()
+            if sid in docs and (docs[sid].get("owner") != owner or docs[sid].get("epoch") != epoch)
+        }
+
+    async def _lease_documents(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        docs = await self._find(
+            self._sessions,
+            "read leases",
+            {"_id": {"$in": ids}},
+            [("_id", ASCENDING)],
+            projection={"owner": 1, "lease_until": 1, "epoch": 1},
+        )
+        return {doc["_id"]: doc for doc in docs}
+
     # -- checkpoints, logs, images -----------------------------------------------------
 
-    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> None:
+    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> set[str]:
         """One group commit; every part is idempotent, so the whole batch may be retried.
+
+        Returns the sessions whose checkpoints were refused because a newer lease epoch
+        already wrote them (the writer was fenced; see storage.leases).
 
         Order: image records and logs, then checkpoints, then session documents, so that
         whatever a crash cuts off, a stored record never names one that is not stored yet:
@@ -269,8 +391,9 @@ class MongoStore:
             )
         await self._insert_all(self._images, "store images", batch.images)
         await self._insert_all(self._logs, "store logs", batch.logs)
-        await self._insert_all(self._checkpoints, "store checkpoints", batch.checkpoints)
+        fenced = await self._insert_checkpoints(batch.checkpoints)
         await self._update_sessions(batch, max(0, embedded_keep))
+        return fenced
 
     async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:
         """Store checkpoints and embed their compact forms (the latest ``embedded_keep``)."""
@@ -417,8 +540,54 @@ class MongoStore:
         if docs:
             await self._call(what, lambda: self._insert_many_idempotent(coll, docs))
 
+    async def _insert_checkpoints(self, checkpoints: list[Checkpoint]) -> set[str]:
+        """Insert checkpoints; settle the ones already stored by their lease epoch.
+
+        Same epoch: a retry, nothing to do. Older stored epoch: a fenced writer's
+        leftover at a sequence the new owner has now reached, replaced by ours. Newer
+        stored epoch: we are the fenced writer; our checkpoint is dropped and its
+        session returned.
+        """
+        if not checkpoints:
+            return set()
+        docs = [cp.to_document() for cp in checkpoints]
+        duplicates = await self._call(
+            "store checkpoints", lambda: self._insert_many_idempotent(self._checkpoints, docs)
+        )
+        fenced: set[str] = set()
+        if not duplicates:
+            return fenced
+        ours = {docs[i]["_id"]: docs[i] for i in duplicates}
+        stored: dict[str, dict[str, Any]] = {}
+        for chunk in chunks(list(ours)):
+            found = await self._find(
+                self._checkpoints,
+                "read stored checkpoints",
+                {"_id": {"$in": chunk}},
+                [("_id", ASCENDING)],
+                projection={"epoch": 1, "session_id": 1},
+            )
+            stored.update((doc["_id"], doc) for doc in found)
+        for key, doc in ours.items():
+            old = int((stored.get(key) or {}).get("epoch") or 0)
+            if old > int(doc.get("epoch") or 0):
+                fenced.add(doc["session_id"])
+            elif old < int(doc.get("epoch") or 0):
+                logger.warning(
+                    "checkpoint %s of a fenced writer (epoch %d) replaced by epoch %d",
+                    key,
+                    old,
+                    doc["epoch"],
+                )
+                await self._call(
+                    "replace fenced checkpoint",
+                    partial(self._checkpoints.replace_one, {"_id": key, "epoch": old}, dict(doc)),
+                )
+        return fenced
+
     @staticmethod
-    async def _insert_many_idempotent(coll: Any, docs: list[dict[str, Any]]) -> None:
+    async def _insert_many_idempotent(coll: Any, docs: list[dict[str, Any]]) -> list[int]:
+        """Insert, ignoring duplicate keys; returns the indexes of the duplicates."""
         try:
             # Copies: the drivers may add fields to the documents they are given.
             await coll.insert_many([dict(doc) for doc in docs], ordered=False)
@@ -430,6 +599,8 @@ class MongoStore:
             if any(error.get("code") != DUPLICATE_KEY for error in errors):
                 raise
             logger.debug("%d of %d documents were already stored", len(errors), len(docs))
+            return [int(error.get("index", -1)) for error in errors if "index" in error]
+        return []
 
     @staticmethod
     async def _insert_one_idempotent(coll: Any, doc: dict[str, Any]) -> None:
@@ -461,9 +632,9 @@ class MongoStore:
             }
             if fields.get(sid):
                 update["$set"] = fields[sid]
-            ops.append((_not_yet_applied(sid, first), update))
+            ops.append((_fenced(_not_yet_applied(sid, first), batch, sid), update))
         ops.extend(
-            ({"_id": sid}, {"$set": values})
+            (_fenced({"_id": sid}, batch, sid), {"$set": values})
             for sid, values in fields.items()
             if values and sid not in by_session
         )
@@ -474,7 +645,11 @@ class MongoStore:
             # Some update matched nothing: a retry of an applied batch (the guard refused
             # to push its checkpoints again) or a missing session document. The batch's
             # $set fields must still land; repeating a $set is harmless.
-            again = [({"_id": sid}, {"$set": fields[sid]}) for sid in by_session if fields.get(sid)]
+            again = [
+                (_fenced({"_id": sid}, batch, sid), {"$set": fields[sid]})
+                for sid in by_session
+                if fields.get(sid)
+            ]
             if again:
                 await self._run_updates("update sessions (retried batch)", again)
 
@@ -525,6 +700,21 @@ def _not_yet_applied(session_id: str, first_sequence: int) -> dict[str, Any]:
     instead of using ``_id`` (bench/checkpoints.py: 8.7 ms per update at 1,000 sessions).
     """
     return {"_id": session_id, "last_sequence_number": {"$lt": first_sequence}}
+
+
+def _fenced(query: dict[str, Any], batch: PersistBatch, session_id: str) -> dict[str, Any]:
+    """``query`` restricted to the lease epoch the batch's writer holds, if it holds one."""
+    epoch = batch.session_epochs.get(session_id)
+    return query if epoch is None else {**query, "epoch": epoch}
+
+
+def _holder(doc: dict[str, Any], session_id: str = "") -> LeaseHolder:
+    until = _utc(doc.get("lease_until"))
+    return LeaseHolder(
+        session_id=str(doc.get("_id", session_id)),
+        owner=str(doc.get("owner") or "unknown"),
+        lease_until=until if isinstance(until, datetime) else None,
+    )
 
 
 def _settable(fields: dict[str, Any]) -> dict[str, Any]:

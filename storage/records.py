@@ -252,6 +252,9 @@ class PersistBatch:
     summary_checkpoints: list[Checkpoint] | None = None
     """Checkpoints whose compact forms go into the session documents; None means
     ``checkpoints``. The PersistenceActor passes the ones it held back (write-behind)."""
+    session_epochs: dict[str, int] = field(default_factory=dict)
+    """Session id -> the lease epoch the writer holds: its session updates apply only
+    while the document still has that epoch (fencing; storage.leases)."""
 
     def __len__(self) -> int:
         return (
