@@ -81,6 +81,8 @@ class ProcessingConfig:
     retry_backoff_ms: int = 200
     max_logs_per_session: int = 1000
     default_max_moments: int = 10
+    instance_id: str = ""
+    lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("processing", "retry_backoff_ms"): 0,
     ("processing", "max_logs_per_session"): 1,
     ("processing", "default_max_moments"): 1,
+    ("processing", "lease_seconds"): 0.2,
     ("providers", "timeout_seconds"): 0.001,
     ("providers", "retries"): 0,
     ("providers", "simulated_latency_ms"): 0,

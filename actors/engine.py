@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from actors.messages import (
     ControlSession,
     FlushPersistence,
     GetPersistenceStats,
+    LeaseGranted,
     StartSession,
     StopAllSessions,
 )
 from actors.operations import OperatorCommands
-from actors.persistence import PersistenceActor
+from actors.persistence import LeaseSettings, PersistenceActor
 from actors.reply import Reply
 from actors.session import SessionSettings
 from actors.state import Phase, SessionState
@@ -39,6 +41,7 @@ from domain import (
     SessionId,
     SessionStatus,
     new_id,
+    utcnow,
 )
 from domain import (
     manuscript_id as valid_manuscript_id,
@@ -58,7 +61,8 @@ from pipeline.manuscripts import Manuscript
 from pipeline.providers import Providers, build_providers
 from storage.base import SessionStore
 from storage.database import resolve_store
-from storage.files import FileStore
+from storage.files import FileStore, ScanReport
+from storage.leases import LeaseOutcome, lease_deadline, local_instance_id, takeable
 from storage.reconcile import ReconcileReport, try_reconcile
 from storage.records import Checkpoint
 
@@ -66,6 +70,11 @@ logger = logging.getLogger(__name__)
 
 LIVE_STATUSES = ("pending", "queued", "running")
 RECOVERY_CONCURRENCY = 32
+
+Records = tuple[dict[str, Any] | None, list[Checkpoint]]
+"""A session's document and checkpoints as one store (files or database) holds them."""
+_READ = object()
+"""``load_state(database=_READ)``: read the database record (the default)."""
 
 
 class Engine(OperatorCommands):
@@ -92,6 +101,12 @@ class Engine(OperatorCommands):
         self.database_ok = False
         self.last_reconcile: ReconcileReport | None = None
         self._bundle_tasks: set[asyncio.Task[Any]] = set()
+        self.instance_id = config.processing.instance_id or local_instance_id()
+        """Our name as a lease owner (storage.leases)."""
+        self.leases = LeaseSettings(self.instance_id, config.processing.lease_seconds)
+        self._takeover_task: asyncio.Task[None] | None = None
+        self._starting: set[str] = set()
+        """Sessions between their lease and their actor: not candidates for recovery."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -111,7 +126,7 @@ class Engine(OperatorCommands):
                 await self._reconcile()
         processing = self.config.processing
         self.persistence = self.persistence_class.start(
-            self.files, self.store_factory, self.config.persistence
+            self.files, self.store_factory, self.config.persistence, self.leases
         )
         self.supervisor = SessionSupervisor.start(
             self.providers,
@@ -177,6 +192,11 @@ class Engine(OperatorCommands):
 
     async def stop(self, pause_timeout: float = 30.0) -> None:
         """Pause running sessions at their next boundary, flush, and stop the actors."""
+        if self._takeover_task is not None:
+            self._takeover_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._takeover_task
+            self._takeover_task = None
         if self.supervisor is not None:
             reply = Reply.for_loop()
             self.supervisor.tell(StopAllSessions(reply=reply, timeout=pause_timeout))
@@ -280,10 +300,14 @@ class Engine(OperatorCommands):
             max_emotional_moments=moments,
             external_session_id=external_session_id,
             start_from_chapter=start_from_chapter,
+            epoch=1,
+            owner=self.instance_id,
         )
         # The session record is durable before anyone learns its id: a crash right after
         # the reply leaves a pending session that recovery resumes, never a dangling id.
+        # It is born leased to us (epoch 1).
         assert self.persistence is not None, "engine not started"
+        self.persistence.tell(LeaseGranted(state.session_id, state.epoch))
         durable = Reply.for_loop()
         self.persistence.tell(
             CheckpointReached(
@@ -291,14 +315,21 @@ class Engine(OperatorCommands):
                 checkpoint=None,
                 session_fields=state.session_fields(),
                 session_file=state.session_file(),
-                new_session=state.session_document(),
+                new_session={
+                    **state.session_document(),
+                    "lease_until": lease_deadline(self.leases.ttl_seconds),
+                },
                 ack=durable,
             )
         )
-        error = await durable.wait(60)
-        if error is not None:
-            raise StorageError(f"could not record the new session: {error}")
-        return await self._submit(state, manuscript, resumed=False)
+        self._starting.add(state.session_id)
+        try:
+            error = await durable.wait(60)
+            if error is not None:
+                raise StorageError(f"could not record the new session: {error}")
+            return await self._submit(state, manuscript, resumed=False)
+        finally:
+            self._starting.discard(state.session_id)
 
     async def resume_session(self, session_id: str) -> dict[str, Any]:
         """Resume a paused, failed or interrupted session from its last checkpoint."""
@@ -306,14 +337,59 @@ class Engine(OperatorCommands):
         live = self.hub.snapshot(sid)
         if live is not None:
             return {"is_existing": True, **live}
-        state = await self.load_state(sid)
-        if (
-            state.status in (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
-            or state.phase == Phase.DONE
-        ):
-            raise ConflictError(f"session {sid} is {state.status} and cannot be resumed")
-        manuscript = await self.load_manuscript(state.manuscript_id)
-        return await self._submit(state, manuscript, resumed=True)
+        if sid in self._starting:
+            raise ConflictError(f"session {sid} is being started; try again in a moment")
+        self._starting.add(sid)
+        try:
+            # The lease first, then the state: read under the lease, it is final.
+            epoch = await self._take_lease(sid)
+            state = await self.load_state(sid)
+            if (
+                state.status in (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
+                or state.phase == Phase.DONE
+            ):
+                raise ConflictError(f"session {sid} is {state.status} and cannot be resumed")
+            manuscript = await self.load_manuscript(state.manuscript_id)
+            if epoch is not None:
+                state.epoch = epoch
+                self._lease_granted(sid, epoch)
+            return await self._submit(state, manuscript, resumed=True)
+        finally:
+            self._starting.discard(sid)
+
+    async def claim_session(self, session_id: str) -> int | None:
+        """Take the lease of a session that is not live here (ConflictError if another
+        live instance runs it); the epoch, or None without a database record."""
+        return await self._take_lease(valid_session_id(session_id))
+
+    async def _take_lease(self, sid: SessionId) -> int | None:
+        """Our epoch for ``sid``; ConflictError if another live instance runs it.
+
+        None when the database cannot tell (unreachable, or the session is in the files
+        only): then the session runs unleased, on files first (guarantee 4).
+        """
+        outcome = await self._acquire([sid])
+        if sid in outcome.refused:
+            raise ConflictError(
+                f"session {sid} is {outcome.refused[sid].describe()}; resume it there, or "
+                "wait until that lease expires"
+            )
+        return outcome.granted.get(sid)
+
+    async def _acquire(self, ids: list[str]) -> LeaseOutcome:
+        if self.store is None:
+            return LeaseOutcome(granted={}, refused={}, missing=list(ids))
+        try:
+            return await self.store.acquire_leases(
+                ids, self.instance_id, self.leases.ttl_seconds
+            )
+        except DatabaseUnavailableError:
+            logger.warning("database unavailable; %d sessions run without a lease", len(ids))
+            return LeaseOutcome(granted={}, refused={}, missing=list(ids))
+
+    def _lease_granted(self, sid: str, epoch: int) -> None:
+        assert self.persistence is not None, "engine not started"
+        self.persistence.tell(LeaseGranted(SessionId(sid), epoch))
 
     async def _submit(
         self, state: SessionState, manuscript: Manuscript, *, resumed: bool
@@ -351,9 +427,13 @@ class Engine(OperatorCommands):
         sid = valid_session_id(session_id)
         if self.hub.snapshot(sid) is not None:
             return await self.cancel_session(sid)
+        epoch = await self._take_lease(sid)
         state = await self.load_state(sid)
         if state.status.is_terminal or state.phase == Phase.DONE:
             raise ConflictError(f"session {sid} is {state.status} and cannot be cancelled")
+        if epoch is not None:
+            state.epoch = epoch
+            self._lease_granted(sid, epoch)  # released by the cancelled status below
         state.status = SessionStatus.CANCELLED
         assert self.persistence is not None, "engine not started"
         self.persistence.tell(
@@ -376,14 +456,18 @@ class Engine(OperatorCommands):
     # -- loading for resume ------------------------------------------------------------------
 
     async def load_state(
-        self, session_id: str, files: tuple[dict[str, Any] | None, list[Checkpoint]] | None = None
+        self,
+        session_id: str,
+        files: Records | None = None,
+        database: Records | None | object = _READ,
     ) -> SessionState:
         """Rebuild a session's state from the newest durable record (database or files).
 
-        ``files`` passes the session's file records when a scan already read them.
+        ``files`` and ``database`` pass the session's records when a scan or a batched
+        query already read them (``database=None``: it has no database document).
         """
         sid = valid_session_id(session_id)
-        document, checkpoints = await self._load_records(sid, files)
+        document, checkpoints = await self._load_records(sid, files, database)
         state = SessionState.rebuild(document, checkpoints)
         state.last_event_seq = max(
             state.last_event_seq, await self._max_stored_event_seq(sid, state.last_event_seq)
@@ -391,11 +475,17 @@ class Engine(OperatorCommands):
         return state
 
     async def _load_records(
-        self, sid: SessionId, files: tuple[dict[str, Any] | None, list[Checkpoint]] | None = None
+        self,
+        sid: SessionId,
+        files: Records | None = None,
+        database: Records | None | object = _READ,
     ) -> tuple[dict[str, Any], list[Checkpoint]]:
         db_document: dict[str, Any] | None = None
         db_checkpoints: list[Checkpoint] = []
-        if self.store is not None:
+        if database is not _READ:
+            if database is not None:
+                db_document, db_checkpoints = database  # type: ignore[misc]
+        elif self.store is not None:
             try:
                 found = await self.store.get_session_for_resume(sid)
             except DatabaseUnavailableError:
@@ -409,9 +499,13 @@ class Engine(OperatorCommands):
         document = db_document or file_document
         if document is None:
             raise NotFoundError(f"session {sid} not found")
-        merged = {cp.sequence_number: cp for cp in db_checkpoints}
-        for cp in file_checkpoints:
-            merged.setdefault(cp.sequence_number, cp)
+        # One checkpoint per sequence: the database's, unless the files hold one of a
+        # newer lease epoch (written by the current owner while the database was away).
+        merged: dict[int, Checkpoint] = {}
+        for cp in [*db_checkpoints, *file_checkpoints]:
+            have = merged.get(cp.sequence_number)
+            if have is None or cp.epoch > have.epoch:
+                merged[cp.sequence_number] = cp
         ordered: list[Checkpoint] = []
         for seq in sorted(merged):
             if seq != len(ordered) + 1:
@@ -422,20 +516,32 @@ class Engine(OperatorCommands):
                     len(ordered),
                 )
                 break
+            if ordered and merged[seq].epoch < ordered[-1].epoch:
+                # Epochs never go down along a session: this is the leftover of a writer
+                # fenced by a takeover, beyond where the new owner got. It is redone.
+                logger.warning(
+                    "session %s: checkpoints from %d on were written under an older lease "
+                    "(epoch %d < %d); resuming from %d",
+                    sid,
+                    seq,
+                    merged[seq].epoch,
+                    ordered[-1].epoch,
+                    len(ordered),
+                )
+                break
             ordered.append(merged[seq])
-        if file_document is not None and db_document is not None:
-            # The newer record wins for the status (e.g. a pause written while the database was down).
-            if int(file_document.get("last_sequence_number") or 0) > int(
-                db_document.get("last_sequence_number") or 0
-            ):
-                document = {
-                    **db_document,
-                    **{
-                        k: file_document[k]
-                        for k in ("status", "error_message")
-                        if k in file_document
-                    },
-                }
+        # The newer record wins for the status (e.g. a pause written while the database
+        # was down).
+        if (
+            file_document is not None
+            and db_document is not None
+            and int(file_document.get("last_sequence_number") or 0)
+            > int(db_document.get("last_sequence_number") or 0)
+        ):
+            document = {
+                **db_document,
+                **{k: file_document[k] for k in ("status", "error_message") if k in file_document},
+            }
         return document, ordered
 
     def _load_files(self, sid: SessionId) -> tuple[dict[str, Any] | None, list[Checkpoint]]:
@@ -453,24 +559,34 @@ class Engine(OperatorCommands):
 
     # -- start-up recovery ---------------------------------------------------------------------
 
-    async def recover(self, auto_resume: bool | None = None) -> list[str]:
-        """Sessions that were live when the process died become interrupted (and resume).
+    async def recover(
+        self, auto_resume: bool | None = None, *, takeover: bool = False
+    ) -> list[str]:
+        """Sessions that were live when their instance died become interrupted (and resume).
 
-        Returns the ids of the interrupted sessions found.
+        At start-up (``takeover=False``) every live session of the database and the files
+        is a candidate; with ``takeover=True`` (the periodic check of :meth:`watch_leases`)
+        only database sessions whose lease is free or expired. Either way a session is
+        taken only with its lease (storage.leases): a session another live instance runs
+        is left alone. Returns the ids of the interrupted sessions found.
         """
         auto = self.config.processing.auto_resume if auto_resume is None else auto_resume
         # A crash during an earlier recovery leaves sessions "interrupted" before their
         # resumed actor wrote anything: with auto-resume they are picked up again too.
         statuses = [*LIVE_STATUSES, "interrupted"] if auto else list(LIVE_STATUSES)
         candidates: set[str] = set()
+        now = utcnow()
         if self.store is not None:
             try:
                 for document in await self.store.list_sessions(statuses=statuses, limit=100_000):
-                    candidates.add(document["session_id"])
+                    if not takeover or takeable(document, self.instance_id, now):
+                        candidates.add(document["session_id"])
             except DatabaseUnavailableError:
                 logger.warning("database unavailable during recovery; using files")
-        report = await asyncio.to_thread(self.files.scan)
-        for sid, document in report.sessions.items():
+                if takeover:
+                    return []
+        scan = ScanReport() if takeover else await asyncio.to_thread(self.files.scan)
+        for sid, document in scan.sessions.items():
             if document.get("status") in statuses:
                 candidates.add(sid)
         recovered: list[str] = []
@@ -482,19 +598,20 @@ class Engine(OperatorCommands):
                 manuscripts[mid] = asyncio.ensure_future(self.load_manuscript(mid))
             return await manuscripts[mid]
 
-        async def recover_one(sid: str) -> None:
-            if self.hub.snapshot(sid) is not None:
-                return
+        async def recover_one(sid: str, epoch: int | None, database: Any) -> None:
             try:
                 # The scan already read every file: no per-session directory listing.
-                state = await self.load_state(
-                    sid, (report.sessions.get(sid), report.checkpoints.get(sid, []))
+                files = (
+                    None if takeover else (scan.sessions.get(sid), scan.checkpoints.get(sid, []))
                 )
+                state = await self.load_state(sid, files, database)
             except NotFoundError:
                 return
             if state.phase == Phase.DONE:
                 return
             state.status = SessionStatus.INTERRUPTED
+            if epoch is not None:
+                state.epoch = epoch
             assert self.persistence is not None
             self.persistence.tell(
                 CheckpointReached(
@@ -509,10 +626,11 @@ class Engine(OperatorCommands):
             )
             recovered.append(sid)
             logger.info(
-                "session %s was interrupted at checkpoint %d (%s)",
+                "session %s was interrupted at checkpoint %d (%s)%s",
                 sid,
                 state.last_sequence_number,
                 state.last_checkpoint_type or CheckpointType.SESSION_START,
+                "; taken over from a dead instance" if takeover else "",
             )
             if auto:
                 try:
@@ -522,15 +640,63 @@ class Engine(OperatorCommands):
                         "session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id
                     )
                     return
+                if epoch is not None:
+                    self._lease_granted(sid, epoch)
                 await self._submit(state, manuscript, resumed=True)
 
-        ordered = sorted(candidates)
+        ordered = sorted(sid for sid in candidates if not self._is_live_here(sid))
         for start in range(0, len(ordered), RECOVERY_CONCURRENCY):
-            # Database reads of several sessions overlap; the driver's pool stays unstarved.
-            await asyncio.gather(
-                *(recover_one(sid) for sid in ordered[start : start + RECOVERY_CONCURRENCY])
-            )
+            chunk = ordered[start : start + RECOVERY_CONCURRENCY]
+            # Leases and records of a whole chunk in a few queries, then the sessions'
+            # own reads overlap; the driver's pool stays unstarved.
+            chunk = [sid for sid in chunk if not self._is_live_here(sid)]
+            self._starting.update(chunk)
+            try:
+                outcome = await self._acquire(chunk)
+                for sid, holder in outcome.refused.items():
+                    logger.debug("session %s is %s; not recovered here", sid, holder.describe())
+                mine = [sid for sid in chunk if sid not in outcome.refused]
+                records = await self._database_records(mine)
+                await asyncio.gather(
+                    *(
+                        recover_one(sid, outcome.granted.get(sid), records.get(sid, _READ))
+                        for sid in mine
+                    )
+                )
+            finally:
+                self._starting.difference_update(chunk)
         return recovered
+
+    def _is_live_here(self, sid: str) -> bool:
+        return self.hub.snapshot(sid) is not None or sid in self._starting
+
+    async def _database_records(self, ids: list[str]) -> dict[str, Records | None]:
+        """Batched database records of ``ids`` (None: no document); {} if unreachable."""
+        if self.store is None or not ids:
+            return {}
+        try:
+            found = await self.store.get_sessions_for_resume(ids)
+        except DatabaseUnavailableError:
+            return {}
+        return {sid: found.get(sid) for sid in ids}
+
+    def watch_leases(self) -> None:
+        """Take over, every half lease, the sessions of instances that died (a server's job)."""
+        if self.store is None or self._takeover_task is not None:
+            return
+        self._takeover_task = asyncio.get_running_loop().create_task(self._watch_leases())
+
+    async def _watch_leases(self) -> None:
+        period = self.leases.ttl_seconds / 2
+        while True:
+            await asyncio.sleep(period * random.uniform(0.8, 1.2))
+            try:
+                taken = await self.recover(takeover=True)
+            except IllustratorError as exc:
+                logger.warning("lease check failed: %s", exc)
+                continue
+            if taken:
+                logger.info("took over %d sessions of instances that stopped", len(taken))
 
 
 def _stop_actor(ref: pykka.ActorRef[Any]) -> None:

@@ -129,6 +129,16 @@ class CheckpointPersisted:
     """Which one (0 for a session update without a checkpoint)."""
     error: str | None = None
     """Set when the files could not be written: the checkpoint is NOT durable."""
+    fenced: bool = False
+    """Set when another instance took the session's lease over: stop, write nothing."""
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """Another instance holds this session's lease now: stop at once, write nothing."""
+
+    session_id: SessionId
+    """Whose lease."""
 
 
 # --- to the PersistenceActor -------------------------------------------------
@@ -182,6 +192,24 @@ class FlushPersistence:
 
 
 @dataclass(frozen=True)
+class LeaseGranted:
+    """The engine took a session's lease: renew it while the session lives, and fence
+    the session's database writes with its epoch."""
+
+    session_id: SessionId
+    """Whose lease."""
+    epoch: int
+    """The epoch granted (the fencing token)."""
+    granted_at: float = field(default_factory=time.monotonic)
+    """When it was granted (the lease is trusted locally for two thirds of its length)."""
+
+
+@dataclass(frozen=True)
+class RenewLeases:
+    """Timer tick: renew the leases of live sessions."""
+
+
+@dataclass(frozen=True)
 class FlushSummaries:
     """Timer tick: write the session summaries that have come due."""
 
@@ -214,7 +242,10 @@ __all__ = [
     "GetPersistenceStats",
     "GetSessionSnapshot",
     "GetSnapshot",
+    "LeaseGranted",
+    "LeaseLost",
     "PauseSession",
+    "RenewLeases",
     "RetryBacklog",
     "SessionFinished",
     "StartSession",

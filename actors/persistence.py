@@ -10,6 +10,14 @@ If the database is unreachable the files remain the durable record: the batch is
 acknowledged after its files are durable, its database part queues in an ordered
 backlog, and a circuit breaker retries the backlog with backoff until the database
 returns; then every record reaches it exactly once and in order.
+
+With several instances on one database (storage.leases), it also keeps the leases of
+the sessions it writes for: it renews them every third of their length, stamps each
+session update with the lease epoch (the store refuses an older one), and before it
+writes for a session whose lease it could not renew in time (a stall, an outage) it
+checks the lease in the database. A session whose lease another instance took is
+fenced: its records are dropped from the database batch, its acknowledgement says so,
+and its actor stops without writing anything more.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from actors.messages import (
     FlushPersistence,
     FlushSummaries,
     GetPersistenceStats,
+    LeaseGranted,
+    LeaseLost,
+    RenewLeases,
     RetryBacklog,
 )
 from actors.reply import tell_quietly
@@ -62,6 +73,8 @@ class PersistenceStats:
     backlog_batches: int = 0
     backlog_records: int = 0
     breaker_open: bool = False
+    leases: int = 0
+    fenced_sessions: int = 0
     largest_batch: int = 0
     ack_latency_counts: list[int] = field(
         default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1)
@@ -92,6 +105,8 @@ class PersistenceStats:
             "backlog_batches": self.backlog_batches,
             "backlog_records": self.backlog_records,
             "breaker_open": self.breaker_open,
+            "leases": self.leases,
+            "fenced_sessions": self.fenced_sessions,
             "largest_batch": self.largest_batch,
             "ack_latency_buckets_ms": list(LATENCY_BUCKETS_MS),
             "ack_latency_counts": list(self.ack_latency_counts),
@@ -124,6 +139,33 @@ class _PendingSummary:
 URGENT_CHECKPOINTS = frozenset(
     {"session_start", "session_completed", "session_paused", "error_occurred"}
 )
+LEAVING_STATUSES = frozenset({"completed", "cancelled", "paused", "failed"})
+"""A session in one of these is no longer run by anyone: its lease is released."""
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """Who we are and how long a lease lasts (processing.instance_id, lease_seconds)."""
+
+    owner: str
+    ttl_seconds: float
+
+    @property
+    def trusted_seconds(self) -> float:
+        """How long after a grant or renewal we write without asking the database."""
+        return self.ttl_seconds * 2 / 3
+
+    @property
+    def renew_seconds(self) -> float:
+        """Renewal period."""
+        return self.ttl_seconds / 3
+
+
+@dataclass
+class _Lease:
+    epoch: int
+    trusted_until: float
+    reply_to: Any = None
 
 
 class PersistenceActor(pykka.ThreadingActor):
@@ -134,11 +176,16 @@ class PersistenceActor(pykka.ThreadingActor):
         files: FileStore,
         store_factory: Callable[[], SessionStore] | None,
         settings: PersistenceConfig,
+        leases: LeaseSettings | None = None,
     ) -> None:
         super().__init__()
         self.files = files
         self.store_factory = store_factory
         self.settings = settings
+        self.lease_settings = leases
+        self._leases: dict[str, _Lease] = {}
+        self._fenced: set[str] = set()
+        self._lease_timer: threading.Timer | None = None
         self.stats = PersistenceStats()
         self._pending: list[CheckpointReached | EventsEmitted] = []
         self._backlog: deque[_DatabaseWork] = deque()
@@ -163,8 +210,9 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._commit()
-        if self._summary_timer is not None:
-            self._summary_timer.cancel()
+        for timer in (self._summary_timer, self._lease_timer):
+            if timer is not None:
+                timer.cancel()
         work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         self._release_summaries(work, force=True)
         if work.batch.session_updates:
@@ -173,7 +221,8 @@ class PersistenceActor(pykka.ThreadingActor):
             self._drain_backlog()
         if self._backlog:
             logger.warning(
-                "persistence stopping with %d database records not yet written; the files hold them",
+                "persistence stopping with %d database records not yet written;"
+                " the files hold them",
                 sum(len(w) for w in self._backlog),
             )
         self._stopping.set()
@@ -193,6 +242,10 @@ class PersistenceActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case CheckpointReached() | EventsEmitted():
+                if isinstance(message, CheckpointReached) and message.reply_to is not None:
+                    lease = self._leases.get(message.session_id)
+                    if lease is not None:
+                        lease.reply_to = message.reply_to
                 self._pending.append(message)
                 if (
                     len(self._pending) >= self.settings.batch_max_records
@@ -206,6 +259,10 @@ class PersistenceActor(pykka.ThreadingActor):
                 reply.set_result(sum(len(w) for w in self._backlog))
             case RetryBacklog():
                 self._drain_backlog()
+            case LeaseGranted(session_id=sid, epoch=epoch, granted_at=granted_at):
+                self._grant(sid, epoch, granted_at)
+            case RenewLeases():
+                self._renew_leases()
             case FlushSummaries():
                 self._commit()
                 self._flush_summaries(force=False)
@@ -232,29 +289,40 @@ class PersistenceActor(pykka.ThreadingActor):
             self.stats.batch_size_counts.get(size_bucket, 0) + 1
         )
         checkpoints = [m for m in messages if isinstance(m, CheckpointReached)]
+        self._confirm_leases(checkpoints)
+        # A fenced session's files are the new owner's now (a shared output folder).
+        ours = [m for m in checkpoints if m.session_id not in self._fenced]
 
         self._queue_database(messages)
         if self.stats.breaker_open or self._loop is None:
             # While the breaker is open only its probe retries the database: the files
             # alone are the durable record and the acknowledgement waits for them only.
-            error = self._write_files(checkpoints)
+            error = self._write_files(ours)
         else:
             # Files and database are both made durable before the acknowledgement, so
             # they are written at the same time: the files' group fsync on a worker
             # thread while the database batch runs on this actor's loop.
-            error = self._loop.run_until_complete(self._write_both(checkpoints))
+            error = self._loop.run_until_complete(self._write_both(ours))
         now = time.monotonic()
         for message in checkpoints:
+            fenced = message.session_id in self._fenced
+            outcome = (
+                f"session {message.session_id} is run by another instance now (lease lost)"
+                if fenced
+                else error
+            )
             if message.ack is not None:
-                message.ack.set_result(error)
+                message.ack.set_result(outcome)
             if message.reply_to is None:
                 continue
             seq = message.checkpoint.sequence_number if message.checkpoint else 0
-            if error is None:
+            if outcome is None:
                 self.stats.observe_ack((now - message.sent_at) * 1000)
                 self.stats.checkpoints += 1 if message.checkpoint else 0
             try:
-                message.reply_to.tell(CheckpointPersisted(message.session_id, seq, error))
+                message.reply_to.tell(
+                    CheckpointPersisted(message.session_id, seq, outcome, fenced=fenced)
+                )
             except pykka.ActorDeadError:
                 logger.debug("session %s stopped before its ack", message.session_id)
 
@@ -285,6 +353,11 @@ class PersistenceActor(pykka.ThreadingActor):
             return
         work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         for message in messages:
+            sid = message.session_id if isinstance(message, CheckpointReached) else None
+            if sid is None and isinstance(message, EventsEmitted) and message.entries:
+                sid = message.entries[0].session_id
+            if sid in self._fenced:
+                continue  # another instance owns it now: nothing of ours may reach the database
             match message:
                 case CheckpointReached():
                     if message.new_session is not None:
@@ -340,7 +413,14 @@ class PersistenceActor(pykka.ThreadingActor):
             work.batch.session_updates[session_id] = pending.fields
             del self._summaries[session_id]
             status = pending.fields.get("status")
-            if status in ("completed", "cancelled", "paused", "failed"):
+            lease = self._leases.get(session_id)
+            if lease is not None:
+                work.batch.session_epochs[session_id] = lease.epoch
+                if status in LEAVING_STATUSES:  # nobody runs it now: release the lease
+                    pending.fields.update(owner=None, lease_until=None)
+                    del self._leases[session_id]
+                    self.stats.leases = len(self._leases)
+            if status in LEAVING_STATUSES:
                 self._summary_written.pop(session_id, None)  # the session is leaving
                 self._summary_status.pop(session_id, None)
             else:
@@ -389,6 +469,7 @@ class PersistenceActor(pykka.ThreadingActor):
         while self._backlog:
             work = self._backlog[0]
             try:
+                await self._fence(work)
                 await self._write_database(work)
             except DatabaseUnavailableError as exc:
                 self._open_breaker(exc)
@@ -410,9 +491,112 @@ class PersistenceActor(pykka.ThreadingActor):
 
     async def _write_database(self, work: _DatabaseWork) -> None:
         assert self._store is not None
-        await self._store.write_batch(work.batch, self.settings.embedded_checkpoints)
+        fenced = await self._store.write_batch(work.batch, self.settings.embedded_checkpoints)
+        for session_id in fenced:
+            self._lose_lease(session_id)
         for session_id, keep in work.prune.items():
             await self._store.prune_logs(session_id, keep)  # type: ignore[arg-type]
+
+    # -- leases (storage.leases) -----------------------------------------------------------
+
+    def _grant(self, session_id: str, epoch: int, granted_at: float) -> None:
+        if self.lease_settings is None:
+            return
+        self._fenced.discard(session_id)
+        self._leases[session_id] = _Lease(
+            epoch=epoch, trusted_until=granted_at + self.lease_settings.trusted_seconds
+        )
+        self.stats.leases = len(self._leases)
+        self._arm_lease_timer()
+
+    def _arm_lease_timer(self) -> None:
+        if self.lease_settings is None or not self._leases:
+            return
+        if self._lease_timer is not None and self._lease_timer.is_alive():
+            return
+        self._lease_timer = threading.Timer(
+            self.lease_settings.renew_seconds, tell_quietly, args=(self.actor_ref, RenewLeases())
+        )
+        self._lease_timer.daemon = True
+        self._lease_timer.start()
+
+    def _renew_leases(self) -> None:
+        """Timer tick: extend every lease we hold (one update per 32 sessions)."""
+        if self._store is not None and self._loop is not None and not self.stats.breaker_open:
+            try:
+                self._loop.run_until_complete(self._renew(dict(self._leases)))
+            except DatabaseUnavailableError as exc:
+                # Not fatal: a lease not renewed in time is checked before the next write.
+                logger.warning("could not renew %d leases: %s", len(self._leases), exc)
+        self._arm_lease_timer()
+
+    async def _renew(self, leases: dict[str, _Lease]) -> None:
+        assert self._store is not None and self.lease_settings is not None
+        if not leases:
+            return
+        asked = time.monotonic()
+        lost = await self._store.renew_leases(
+            {sid: lease.epoch for sid, lease in leases.items()},
+            self.lease_settings.owner,
+            self.lease_settings.ttl_seconds,
+        )
+        for sid, lease in leases.items():
+            if sid in lost:
+                self._lose_lease(sid)
+            else:
+                lease.trusted_until = asked + self.lease_settings.trusted_seconds
+
+    def _confirm_leases(self, checkpoints: list[CheckpointReached]) -> None:
+        """Before anything of a batch is written: renew the leases it relies on that we
+        could not renew in time, so a session taken over meanwhile writes no file either."""
+        if not self._leases or self._loop is None or self.stats.breaker_open:
+            return
+        now = time.monotonic()
+        doubtful = {
+            m.session_id: lease
+            for m in checkpoints
+            if (lease := self._leases.get(m.session_id)) is not None and lease.trusted_until < now
+        }
+        if not doubtful:
+            return
+        try:
+            self._loop.run_until_complete(self._renew(doubtful))
+        except DatabaseUnavailableError as exc:
+            self._open_breaker(exc)
+
+    async def _fence(self, work: _DatabaseWork) -> None:
+        """Before writing, make sure we still hold the leases we could not renew in time."""
+        if self.lease_settings is None or not self._leases:
+            return
+        now = time.monotonic()
+        batch = work.batch
+        sessions = {cp.session_id for cp in batch.checkpoints}
+        sessions.update(batch.session_updates)
+        sessions.update(entry.session_id for entry in batch.logs)
+        doubtful = {
+            sid: lease
+            for sid in sessions
+            if (lease := self._leases.get(sid)) is not None and lease.trusted_until < now
+        }
+        if doubtful:
+            await self._renew(doubtful)
+        if sessions & self._fenced:
+            _drop_sessions(batch, self._fenced)
+
+    def _lose_lease(self, session_id: str) -> None:
+        """Another instance took ``session_id`` over: write nothing more for it, stop it."""
+        lease = self._leases.pop(session_id, None)
+        if session_id in self._fenced:
+            return
+        self._fenced.add(session_id)
+        self._summaries.pop(session_id, None)
+        self.stats.leases = len(self._leases)
+        self.stats.fenced_sessions += 1
+        logger.warning(
+            "session %s: lease lost to another instance; its writes here are fenced", session_id
+        )
+        if lease is not None and lease.reply_to is not None:
+            tell_quietly(lease.reply_to, LeaseLost(session_id))  # type: ignore[arg-type]
 
     def _open_breaker(self, exc: Exception | None) -> None:
         self.stats.db_failures += 1
@@ -444,6 +628,19 @@ class PersistenceActor(pykka.ThreadingActor):
             delay = min(2.0, delay * 2)
 
 
+def _drop_sessions(batch: PersistBatch, sessions: set[str]) -> None:
+    """Remove the records of ``sessions`` from ``batch`` (fenced writers)."""
+    batch.checkpoints = [cp for cp in batch.checkpoints if cp.session_id not in sessions]
+    batch.logs = [entry for entry in batch.logs if entry.session_id not in sessions]
+    batch.images = [image for image in batch.images if image.session_id not in sessions]
+    if batch.summary_checkpoints is not None:
+        batch.summary_checkpoints = [
+            cp for cp in batch.summary_checkpoints if cp.session_id not in sessions
+        ]
+    for sid in sessions:
+        batch.session_updates.pop(sid, None)
+
+
 def _accepts_connections(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -466,4 +663,10 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-__all__ = ["FORMAT_VERSION", "LATENCY_BUCKETS_MS", "PersistenceActor", "PersistenceStats"]
+__all__ = [
+    "FORMAT_VERSION",
+    "LATENCY_BUCKETS_MS",
+    "LeaseSettings",
+    "PersistenceActor",
+    "PersistenceStats",
+]

@@ -25,6 +25,7 @@ from actors.messages import (
     CheckpointReached,
     EventsEmitted,
     GetSnapshot,
+    LeaseLost,
     PauseSession,
     SessionFinished,
 )
@@ -150,6 +151,10 @@ class SessionActor(pykka.ThreadingActor):
                 self._retry_timer = None
                 if self._awaiting is None and not self._finished:
                     self._advance()
+            case CheckpointPersisted(fenced=True):
+                self._lease_lost()
+            case LeaseLost():
+                self._lease_lost()
             case CheckpointPersisted(sequence_number=seq, error=error):
                 self._on_persisted(seq, error)
             case PauseSession(reply=reply):
@@ -197,7 +202,8 @@ class SessionActor(pykka.ThreadingActor):
         state = self.state
         match state.phase:
             case Phase.START:
-                # The basics travel in the first checkpoint, so its file alone can rebuild the session.
+                # The basics travel in the first checkpoint, so its file alone can rebuild
+                # the session.
                 self._checkpoint(
                     CheckpointType.SESSION_START,
                     ProcessingStep.INITIALIZING,
@@ -500,6 +506,7 @@ class SessionActor(pykka.ThreadingActor):
             next_action="",  # filled below once the state has advanced
             progress_percent=0,
             checkpoint_data=data,
+            epoch=state.epoch,
         )
 
     def _send(
@@ -562,6 +569,23 @@ class SessionActor(pykka.ThreadingActor):
         self.hub.publish(events)
         self._publish_snapshot()
         self.actor_ref.tell(AdvanceSession())
+
+    def _lease_lost(self) -> None:
+        """Another instance runs this session now: stop here and write nothing more.
+
+        Its clients there see it go on; the durable record is the new owner's.
+        """
+        if self._finished:
+            return
+        logger.warning(
+            "session %s: another instance took it over; stopping here", self.state.session_id
+        )
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        self._pending_publish = ()
+        self._unsent = []
+        self.state.status = SessionStatus.INTERRUPTED
+        self._finish(SessionStatus.INTERRUPTED)
 
     def _finish(self, status: SessionStatus, events: tuple[LogEntry, ...] = ()) -> None:
         if self._finished:

@@ -80,6 +80,10 @@ class SessionState:
     last_work_checkpoint: CheckpointType | None = None
     """The last milestone of real work (not a pause or an error): where a resume stands."""
     error_message: str | None = None
+    epoch: int = 0
+    """The lease epoch this run holds (storage.leases): its writes carry it as a fence."""
+    owner: str | None = None
+    """The instance running the session (recorded in a new session document)."""
     started_at: datetime = field(default_factory=utcnow)
     paused_at: datetime | None = None
     completed_at: datetime | None = None
@@ -161,6 +165,7 @@ class SessionState:
                 started = None
         if isinstance(started, datetime):
             state.started_at = started
+        state.epoch = int(session_doc.get("epoch") or 0)
         for cp in checkpoints:
             state.apply(cp)
         state.last_event_seq = max(
@@ -279,9 +284,9 @@ class SessionState:
             "max_emotional_moments": self.max_emotional_moments,
             "start_from_chapter": self.start_from_chapter,
             "started_at": self.started_at,
-            "owner": None,
+            "owner": self.owner,
             "lease_until": None,
-            "epoch": 0,
+            "epoch": self.epoch,
             "last_sequence_number": 0,
             "checkpoints": [],
             **self.session_fields(),

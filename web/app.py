@@ -54,7 +54,8 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
     app[START_LOCK_KEY] = asyncio.Lock()
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)
-    # Shutdown closes the sockets first (GOING_AWAY); cleanup_ctx then stops sessions and the database.
+    # Shutdown closes the sockets first (GOING_AWAY); cleanup_ctx then stops sessions and
+    # the database.
     app.on_shutdown.append(websocket.close_websockets)
     app.router.add_get("/health", health)
     # Order matters: the literal /api/process/status/... and /resume/... paths come before
@@ -88,6 +89,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     recovered = await engine.recover()
     if recovered:
         logger.info("recovered %d interrupted sessions", len(recovered))
+    engine.watch_leases()  # sessions of other instances that die are taken over
     yield
     await engine.stop()
 
@@ -113,6 +115,8 @@ async def health(request: web.Request) -> web.Response:
             "database_reachable": database_reachable,
             "persistence_backlog": stats["backlog_records"],
             "live_sessions": len(engine.hub.snapshots()),
+            "instance_id": engine.instance_id,
+            "leases_held": stats["leases"],
             "ok": healthy,
         }
     )

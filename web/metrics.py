@@ -39,7 +39,8 @@ async def metrics(request: web.Request) -> web.Response:
         if stored is not None:
             counts = Counter(str(d.get("status")) for d in stored)
             lines += [
-                "# HELP illustrator_stored_sessions Stopped, resumable sessions by status (database).",
+                "# HELP illustrator_stored_sessions"
+                " Stopped, resumable sessions by status (database).",
                 "# TYPE illustrator_stored_sessions gauge",
             ]
             for status in STORED_STATUSES:
@@ -65,6 +66,8 @@ async def metrics(request: web.Request) -> web.Response:
         ("db_failures", "counter", "Failed database writes."),
         ("backlog_batches", "gauge", "Batches waiting for the database."),
         ("backlog_records", "gauge", "Records waiting for the database."),
+        ("leases", "gauge", "Session leases this instance holds and renews."),
+        ("fenced_sessions", "counter", "Sessions whose lease another instance took over."),
         ("largest_batch", "gauge", "Largest batch so far."),
     ):
         name = f"illustrator_persistence_{key}" + ("_total" if kind == "counter" else "")

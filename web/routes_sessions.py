@@ -144,6 +144,10 @@ async def delete_session(request: web.Request) -> web.Response:
             raise ConflictError(
                 f"session {sid} did not stop in time; try again", details={"session_id": sid}
             )
+    else:
+        # Run by another instance? Then it is not ours to delete (409); otherwise the
+        # lease we take fences any late writer.
+        await engine.claim_session(sid)
     await engine.flush()  # nothing of it may still be on its way to the database
     if engine.store is not None:
         await engine.store.delete_session(sid)
