@@ -237,8 +237,10 @@ async def _process_async(config: Config, args: argparse.Namespace) -> int:
                 )
             )
             print(
-                f"Resuming session {sid} from {where}, {state.last_work_checkpoint or 'not started'} "
-                f"({len(state.processed_chapters)}/{state.total_chapters or len(manuscript.chapters)} chapters done)",
+                f"Resuming session {sid} from {where},"
+                f" {state.last_work_checkpoint or 'not started'}"
+                f" ({len(state.processed_chapters)}/"
+                f"{state.total_chapters or len(manuscript.chapters)} chapters done)",
                 flush=True,
             )
             _follow(engine, sid, finished, quiet=args.quiet, events_path=args.events_jsonl)
@@ -385,8 +387,9 @@ async def _sessions_list_async(config: Config, args: argparse.Namespace) -> int:
     for d in documents:
         chapters = f"{len(d.get('processed_chapters') or [])}/{d.get('total_chapters') or 0}"
         print(
-            f"{d['session_id']:36}  {d.get('status', '?'):11}  {d.get('progress_percent', 0):>7}%  "
-            f"{chapters:>8}  {d.get('total_images_generated', 0):>6}  {str(d.get('started_at', ''))[:19]}"
+            f"{d['session_id']:36}  {d.get('status', '?'):11}"
+            f"  {d.get('progress_percent', 0):>7}%  {chapters:>8}"
+            f"  {d.get('total_images_generated', 0):>6}  {str(d.get('started_at', ''))[:19]}"
         )
     return 0
 

@@ -12,8 +12,8 @@ import contextlib
 import io
 import logging
 import os
-import uuid
 import random
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol

@@ -37,14 +37,16 @@ class VerifyReport:
     def render(self) -> str:
         """A readable report."""
         lines = [
-            f"Checked {self.sessions} sessions, {self.checkpoints} checkpoints, {self.images} images.",
+            f"Checked {self.sessions} sessions, {self.checkpoints} checkpoints,"
+            f" {self.images} images.",
         ]
         if self.file_problems:
             lines.append(f"{len(self.file_problems)} unreadable files were skipped:")
             lines += [f"  - {p}" for p in self.file_problems]
         if self.ok:
             lines.append(
-                "OK: sequence numbers gap-free, files and database agree, images match their records."
+                "OK: sequence numbers gap-free, files and database agree,"
+                " images match their records."
             )
         else:
             lines.append(f"{len(self.problems)} problems:")
@@ -101,7 +103,8 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
                 )
         if db_seqs and int(document.get("last_sequence_number") or 0) != db_seqs[-1]:
             report.problems.append(
-                f"{sid}: session record says last checkpoint {document.get('last_sequence_number')}, "
+                f"{sid}: session record says last checkpoint"
+                f" {document.get('last_sequence_number')}, "
                 f"the checkpoints end at {db_seqs[-1]}"
             )
         await _verify_images(store, sid, output_dir, report)
@@ -114,7 +117,8 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
         if named != recorded:
             report.problems.append(
                 f"{sid}: image checkpoints name {len(named)} images, the image records are "
-                f"{len(recorded)} (missing {sorted(named - recorded)[:5]}, extra {sorted(recorded - named)[:5]})"
+                f"{len(recorded)} (missing {sorted(named - recorded)[:5]},"
+                f" extra {sorted(recorded - named)[:5]})"
             )
     return report
 

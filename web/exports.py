@@ -111,7 +111,8 @@ def render_html(document: dict[str, Any]) -> str:
             prompt = image["prompt"] or prompts.get(image["scene_number"], {}).get("prompt", "")
             parts.append(
                 f'<figure><img src="{e(image["url"])}" alt="{e(prompt[:200])}">'
-                f'<figcaption class="prompt">Scene {image["scene_number"]}: {e(prompt)}</figcaption></figure>'
+                f'<figcaption class="prompt">Scene {image["scene_number"]}: {e(prompt)}'
+                "</figcaption></figure>"
             )
         parts.append("</section>")
     parts.append("</body></html>")

@@ -102,7 +102,8 @@ def wait_for_acks(
     while len(acknowledged(events)) < count:
         if process.poll() is not None:
             raise AssertionError(
-                f"process ended early ({process.returncode}): {process.stdout.read().decode()[-2000:]}"
+                f"process ended early ({process.returncode}):"
+                f" {process.stdout.read().decode()[-2000:]}"
             )
         if time.monotonic() > deadline:
             raise AssertionError(f"only {len(acknowledged(events))} acks after {timeout}s")
