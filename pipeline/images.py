@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import random
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.analysis import EmotionalMoment
 from pipeline.prompts import IllustrationPrompt, seed_for
+from storage.atomic import temp_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,9 @@ def write_file_atomically(destination: Path, data: bytes) -> None:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name follows the storage layer's pattern (".{name}.{32 hex}.tmp"), so the
-    # start-up clean-up recognises and removes what a kill -9 left behind.
-    temp_name = str(destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.tmp"))
+    # The storage layer's temp name, so the start-up clean-up recognises and removes
+    # what a kill -9 left behind (and spares another live instance's writes).
+    temp_name = str(temp_path_for(destination))
     fd = os.open(
         temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644
     )

@@ -14,11 +14,14 @@ go where; the write functions here raise ``OSError``, which it wraps in ``Storag
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -131,8 +134,40 @@ def encode_json(data: dict[str, Any], *, indent: int | None = None) -> bytes:
 
 
 def temp_path_for(path: Path) -> Path:
-    """A fresh, unique temp file name in ``path``'s folder (never an existing file)."""
-    return path.with_name(f".{path.name[:_MAX_NAME_IN_TEMP]}.{uuid.uuid4().hex}.tmp")
+    """A fresh, unique temp file name in ``path``'s folder (never an existing file).
+
+    Its 32 hex digits are the writer's host (8), process id (8) and 16 random ones, so
+    an instance starting on a shared output folder removes only the leftovers of dead
+    processes, never the writes in flight of a live one (see :func:`remove_temp_files`).
+    """
+    return path.with_name(f".{path.name[:_MAX_NAME_IN_TEMP]}.{_temp_token()}.tmp")
+
+
+def _temp_token() -> str:
+    return f"{_HOST_TAG}{os.getpid() & 0xFFFFFFFF:08x}{uuid.uuid4().hex[:16]}"
+
+
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+FOREIGN_TEMP_MAX_AGE = 3600.0
+"""Seconds after which a temp file of another host (or of an older naming) is a leftover."""
+
+
+def _abandoned(name: str, mtime: float, now: float) -> bool:
+    """Whether a temp file can no longer be a write in flight."""
+    token = name[-36:-4]
+    if token[:8] != _HOST_TAG:
+        return now - mtime > FOREIGN_TEMP_MAX_AGE
+    pid = int(token[8:16], 16)
+    if pid == os.getpid():
+        return True  # called at start-up, before any writer of ours runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # Alive (or the pid was reused): only very old files are leftovers.
+    return now - mtime > FOREIGN_TEMP_MAX_AGE
 
 
 def is_temp_name(name: str) -> bool:
@@ -335,10 +370,13 @@ def atomic_write_many(
 def remove_temp_files(folders: Iterable[Path], *, older_than: float | None = None) -> int:
     """Remove our temp files under ``folders`` (recursively, never following symlinks).
 
+    A temp file of a live process (another instance on a shared output folder) is kept,
+    unless it is over an hour old.
+
     Args:
         folders: where to look; missing ones are skipped.
         older_than: only remove temp files last modified before this ``time.time()``
-            value (so writes in flight are spared); None removes all.
+            value (so writes in flight are spared); None removes all abandoned ones.
 
     Returns:
         How many temp files were removed.
@@ -352,7 +390,10 @@ def remove_temp_files(folders: Iterable[Path], *, older_than: float | None = Non
                     continue
                 temp = Path(folder, name)
                 try:
-                    if older_than is not None and temp.lstat().st_mtime >= older_than:
+                    mtime = temp.lstat().st_mtime
+                    if older_than is not None and mtime >= older_than:
+                        continue
+                    if not _abandoned(name, mtime, time.time()):
                         continue
                     temp.unlink()
                 except FileNotFoundError:

@@ -791,6 +791,37 @@ def test_remove_stale_temp_files_can_spare_recent_writes(store: FileStore) -> No
     assert (old.exists(), fresh.exists()) == (False, True)
 
 
+def test_remove_stale_temp_files_spares_writes_in_flight_of_other_live_instances(
+    store: FileStore,
+) -> None:
+    """On a shared output folder, a starting instance must not delete another's temp files."""
+    here = atomic.temp_path_for(store.checkpoints_dir / "a.json")
+    token = here.name[-36:-4]
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        def named(pid: int, host: str = token[:8]) -> Path:
+            return store.checkpoints_dir / f".a.json.{host}{pid:08x}{token[16:]}.tmp"
+
+        of_live, of_dead = named(live.pid), named(dead.pid)
+        other_host = f"{int(token[:8], 16) ^ 1:08x}"
+        other_host_fresh = named(live.pid, host=other_host)
+        other_host_old = named(dead.pid, host=other_host)
+        for path in (of_live, of_dead, other_host_fresh, other_host_old):
+            path.write_text("x")
+        two_hours_ago = time.time() - 7200
+        os.utime(other_host_old, (two_hours_ago, two_hours_ago))
+
+        assert store.remove_stale_temp_files() == 2
+
+        assert of_live.exists() and other_host_fresh.exists()
+        assert not of_dead.exists() and not other_host_old.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
 # -- recovery bundles ------------------------------------------------------------------
 
 
