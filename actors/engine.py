@@ -63,7 +63,7 @@ from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore, ScanReport
 from storage.leases import LeaseOutcome, lease_deadline, local_instance_id, takeable
-from storage.reconcile import ReconcileReport, try_reconcile
+from storage.reconcile import ReconcileReport, reconcile_session, try_reconcile
 from storage.records import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,9 @@ class Engine(OperatorCommands):
         report = await try_reconcile(
             self.store,
             self.files,
-            lambda base, checkpoints: SessionState.rebuild(base, checkpoints).describe(),
+            self._describe,
             embedded_keep=self.config.persistence.embedded_checkpoints,
+            owner=self.instance_id,
         )
         if report is not None and (report.checkpoints_to_database or report.checkpoints_to_files):
             logger.info(
@@ -161,6 +162,12 @@ class Engine(OperatorCommands):
             )
         self.last_reconcile = report
         await self._reconcile_manuscripts()
+
+    @staticmethod
+    def _describe(
+        base: dict[str, Any], checkpoints: list[Checkpoint]
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        return SessionState.rebuild(base, checkpoints).describe()
 
     async def _reconcile_manuscripts(self) -> None:
         assert self.store is not None
@@ -600,6 +607,17 @@ class Engine(OperatorCommands):
 
         async def recover_one(sid: str, epoch: int | None, database: Any) -> None:
             try:
+                if takeover and self.store is not None:
+                    # Its dead owner may have made checkpoint files durable that never
+                    # reached the database (a shared folder): level them first.
+                    await reconcile_session(
+                        self.store,
+                        self.files,
+                        self._describe,
+                        SessionId(sid),
+                        embedded_keep=self.config.persistence.embedded_checkpoints,
+                    )
+                    database = _READ
                 # The scan already read every file: no per-session directory listing.
                 files = (
                     None if takeover else (scan.sessions.get(sid), scan.checkpoints.get(sid, []))

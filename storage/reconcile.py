@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain import SessionId
+from domain import SessionId, utcnow
 from errors import DatabaseUnavailableError
 from storage.base import SessionStore
 from storage.files import FileStore
+from storage.leases import takeable
 from storage.records import Checkpoint, ImageRecord, PersistBatch
 
 logger = logging.getLogger(__name__)
@@ -55,13 +56,22 @@ async def reconcile(
     describe: SessionDescriber,
     *,
     embedded_keep: int = 16,
+    owner: str | None = None,
 ) -> ReconcileReport:
-    """Bring the files and the database level with each other (see module docstring)."""
+    """Bring the files and the database level with each other (see module docstring).
+
+    With ``owner`` (our instance id), sessions another live instance holds the lease of
+    are left alone: their files and records are that instance's, in flux.
+    """
     report = ReconcileReport()
     scan = await asyncio.to_thread(files.scan)
     db_documents = {d["session_id"]: d for d in await store.list_sessions(limit=1_000_000)}
     session_ids = set(scan.sessions) | set(scan.checkpoints) | set(db_documents)
+    now = utcnow()
     for sid in sorted(session_ids):
+        document = db_documents.get(sid)
+        if owner is not None and document is not None and not takeable(document, owner, now):
+            continue
         report.sessions_checked += 1
         await _reconcile_session(
             store,
@@ -74,6 +84,33 @@ async def reconcile(
             report=report,
             embedded_keep=embedded_keep,
         )
+    return report
+
+
+async def reconcile_session(
+    store: SessionStore,
+    files: FileStore,
+    describe: SessionDescriber,
+    sid: SessionId,
+    *,
+    embedded_keep: int = 16,
+) -> ReconcileReport:
+    """Level one session (e.g. one taken over from a dead instance on a shared folder,
+    whose last checkpoint files may not have reached the database)."""
+    report = ReconcileReport(sessions_checked=1)
+    file_document = await asyncio.to_thread(files.load_session_file, sid)
+    file_checkpoints = await asyncio.to_thread(files.load_checkpoints, sid)
+    await _reconcile_session(
+        store,
+        files,
+        describe,
+        sid,
+        file_document=file_document,
+        file_checkpoints=file_checkpoints,
+        db_document=await store.get_session(sid),
+        report=report,
+        embedded_keep=embedded_keep,
+    )
     return report
 
 
@@ -185,12 +222,13 @@ async def try_reconcile(
     describe: SessionDescriber,
     *,
     embedded_keep: int = 16,
+    owner: str | None = None,
 ) -> ReconcileReport | None:
     """Reconcile unless the database is unreachable (then start-up goes on degraded)."""
     if store is None:
         return None
     try:
-        return await reconcile(store, files, describe, embedded_keep=embedded_keep)
+        return await reconcile(store, files, describe, embedded_keep=embedded_keep, owner=owner)
     except DatabaseUnavailableError as exc:
         logger.warning("reconciliation skipped: database unavailable (%s)", exc)
         return None
