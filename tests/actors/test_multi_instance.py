@@ -19,7 +19,7 @@ from tests_support import EventRecorder, make_manuscript
 from actors.engine import Engine
 from actors.persistence import PersistenceActor
 from config import config_from_mapping
-from errors import ConflictError
+from errors import ConflictError, DatabaseUnavailableError
 from pipeline.providers import STAGE_ANALYZE, STAGE_IMAGE, RecordingProviders
 from storage.verify import verify
 
@@ -41,11 +41,12 @@ async def start_instance(
     store_factory: Any,
     name: str,
     providers: Any,
+    folder: str = "shared-output",
     **kwargs: Any,
 ) -> Engine:
     config = config_from_mapping(
         {
-            "output": {"directory": str(tmp_path / "shared-output")},
+            "output": {"directory": str(tmp_path / folder)},
             "processing": {
                 "retry_backoff_ms": 5,
                 "auto_resume": True,
@@ -81,8 +82,11 @@ async def instances(tmp_path: Path, backend: str, request: pytest.FixtureRequest
 
     engines: list[Engine] = []
 
-    async def make(name: str, providers: Any, **kwargs: Any) -> Engine:
-        engine = await start_instance(tmp_path, factory, name, providers, **kwargs)
+    async def make(
+        name: str, providers: Any, *, wrap: Any = None, **kwargs: Any
+    ) -> Engine:
+        made = factory if wrap is None else (lambda: wrap(factory()))
+        engine = await start_instance(tmp_path, made, name, providers, **kwargs)
         engines.append(engine)
         return engine
 
@@ -182,3 +186,61 @@ async def test_a_stalled_instance_is_taken_over_and_fenced(instances, tmp_path: 
     # Files (shared folder) and database agree, images match their records.
     report = await verify(b.store, b.files, b.output_dir)
     assert report.ok, report.render()
+
+
+class Partition:
+    """A store that fails like an unreachable database while ``down`` is set."""
+
+    def __init__(self, store: Any, down: threading.Event) -> None:
+        self._store = store
+        self._down = down
+        self.seeds = getattr(store, "seeds", ())
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not asyncio.iscoroutinefunction(attribute) or name == "close":
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self._down.is_set():
+                raise DatabaseUnavailableError(f"partitioned ({name})")
+            return await attribute(*args, **kwargs)
+
+        return call
+
+
+async def test_an_instance_cut_off_from_the_database_is_fenced_when_it_returns(instances) -> None:
+    """A partition: A keeps working on its own files (guarantee 4), B takes the session
+    over, and when A reaches the database again nothing of A's lands in the record."""
+    cut_off = threading.Event()
+    stalled, entered, release = gate_on_first_analysis()
+    a = await instances(
+        "instance-a", stalled, wrap=lambda store: Partition(store, cut_off), folder="a-output"
+    )
+    b = await instances("instance-b", RecordingProviders(), folder="b-output")
+    b_events, a_events = EventRecorder(b), EventRecorder(a)
+    mid = await a.save_manuscript(make_manuscript(2))
+    await b.save_manuscript(make_manuscript(2), mid)  # B's folder has its own copy
+    sid = (await a.start_session(mid, max_emotional_moments=2))["session_id"]
+    await asyncio.to_thread(entered.wait, 20)
+    cut_off.set()
+
+    taken = await wait_until(lambda: b.recover(takeover=True), what="the takeover")
+    assert taken == [sid]
+    assert await b_events.wait_final(sid) == "completed"
+    await b.flush()
+    before = await b.store.list_checkpoints(sid)
+
+    release.set()  # A goes on, on its files alone
+    assert await a_events.wait_final(sid) == "completed"
+    assert (await a.persistence_stats())["backlog_records"] > 0
+    cut_off.clear()  # A reaches the database again
+    assert await a.flush() == 0
+    stats = await a.persistence_stats()
+    assert stats["fenced_sessions"] == 1
+
+    document = await b.store.get_session(sid)
+    assert (document["status"], document["epoch"], document["owner"]) == ("completed", 2, None)
+    after = await b.store.list_checkpoints(sid)
+    assert [cp.to_json() for cp in after] == [cp.to_json() for cp in before]
+    assert [cp.epoch for cp in after].count(1) == 3
