@@ -383,12 +383,14 @@ class Engine(OperatorCommands):
             )
         return outcome.granted.get(sid)
 
-    async def _acquire(self, ids: list[str]) -> LeaseOutcome:
+    async def _acquire(
+        self, ids: list[str], known: dict[str, dict[str, Any]] | None = None
+    ) -> LeaseOutcome:
         if self.store is None:
             return LeaseOutcome(granted={}, refused={}, missing=list(ids))
         try:
             return await self.store.acquire_leases(
-                ids, self.instance_id, self.leases.ttl_seconds
+                ids, self.instance_id, self.leases.ttl_seconds, known
             )
         except DatabaseUnavailableError:
             logger.warning("database unavailable; %d sessions run without a lease", len(ids))
@@ -582,12 +584,14 @@ class Engine(OperatorCommands):
         # resumed actor wrote anything: with auto-resume they are picked up again too.
         statuses = [*LIVE_STATUSES, "interrupted"] if auto else list(LIVE_STATUSES)
         candidates: set[str] = set()
+        known: dict[str, dict[str, Any]] = {}
         now = utcnow()
         if self.store is not None:
             try:
                 for document in await self.store.list_sessions(statuses=statuses, limit=100_000):
                     if not takeover or takeable(document, self.instance_id, now):
                         candidates.add(document["session_id"])
+                        known[document["session_id"]] = document
             except DatabaseUnavailableError:
                 logger.warning("database unavailable during recovery; using files")
                 if takeover:
@@ -631,17 +635,21 @@ class Engine(OperatorCommands):
             if epoch is not None:
                 state.epoch = epoch
             assert self.persistence is not None
-            self.persistence.tell(
-                CheckpointReached(
-                    session_id=state.session_id,
-                    checkpoint=None,
-                    session_fields=state.session_fields(),
-                    session_file=state.session_file(),
-                    new_session=state.session_document()
-                    if state.last_sequence_number == 0
-                    else None,
+            if not auto or state.last_sequence_number == 0 or sid not in known:
+                # Record it as interrupted (resumable). A session about to resume with a
+                # database record needs no such write: if we crash first, it is still
+                # live there and the next start recovers it again.
+                self.persistence.tell(
+                    CheckpointReached(
+                        session_id=state.session_id,
+                        checkpoint=None,
+                        session_fields=state.session_fields(),
+                        session_file=state.session_file(),
+                        new_session=state.session_document()
+                        if state.last_sequence_number == 0
+                        else None,
+                    )
                 )
-            )
             recovered.append(sid)
             logger.info(
                 "session %s was interrupted at checkpoint %d (%s)%s",
@@ -670,7 +678,7 @@ class Engine(OperatorCommands):
             chunk = [sid for sid in chunk if not self._is_live_here(sid)]
             self._starting.update(chunk)
             try:
-                outcome = await self._acquire(chunk)
+                outcome = await self._acquire(chunk, known)
                 for sid, holder in outcome.refused.items():
                     logger.debug("session %s is %s; not recovered here", sid, holder.describe())
                 mine = [sid for sid in chunk if sid not in outcome.refused]

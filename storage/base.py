@@ -68,7 +68,11 @@ class SessionStore(Protocol):
 
     # leases (storage.leases)
     async def acquire_leases(
-        self, session_ids: list[str], owner: str, ttl_seconds: float
+        self,
+        session_ids: list[str],
+        owner: str,
+        ttl_seconds: float,
+        known: dict[str, dict[str, Any]] | None = None,
     ) -> LeaseOutcome:
         """Take the leases that are free, ours, expired or held by a dead local process."""
 

@@ -35,7 +35,14 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 
 from domain import ManuscriptId, SessionId, utcnow
 from errors import DatabaseUnavailableError, StorageError
-from storage.leases import LeaseHolder, LeaseOutcome, chunks, lease_deadline, takeable
+from storage.leases import (
+    LeaseHolder,
+    LeaseOutcome,
+    chunks,
+    is_dead_local_owner,
+    lease_deadline,
+    takeable,
+)
 from storage.records import Checkpoint, ImageRecord, LogEntry, PersistBatch
 
 logger = logging.getLogger(__name__)
@@ -280,49 +287,64 @@ class MongoStore:
     # -- leases (storage.leases) ---------------------------------------------------------
 
     async def acquire_leases(
-        self, session_ids: list[str], owner: str, ttl_seconds: float
+        self,
+        session_ids: list[str],
+        owner: str,
+        ttl_seconds: float,
+        known: dict[str, dict[str, Any]] | None = None,
     ) -> LeaseOutcome:
         """Take the leases of ``session_ids`` that are free, ours, expired or dead-owned.
 
-        Compare-and-set on the epoch, so of two instances racing for a session exactly
-        one wins; each granted lease has a new, higher epoch.
+        Per 32 sessions: at most two ``update_many`` that raise the epoch, each filtered on
+        the holder it saw (an owner we may replace, or an expired ``lease_until``), so of
+        two instances racing for a session exactly one matches; then one read tells which
+        we got. ``known`` passes session documents already read (e.g. by recovery).
         """
         outcome = LeaseOutcome(granted={}, refused={}, missing=[])
         for chunk in chunks(list(dict.fromkeys(session_ids))):
             now = utcnow()
-            until = lease_deadline(ttl_seconds, now)
-            docs = await self._lease_documents(chunk)
-            ops: list[_Update] = []
-            expected: dict[str, int] = {}
+            if known is not None and all(sid in known for sid in chunk):
+                docs = {sid: known[sid] for sid in chunk}
+            else:
+                docs = await self._lease_documents(chunk)
+            replaceable: set[Any] = {None, "", owner}
+            by_owner: list[str] = []
+            expired: list[str] = []
+            before: dict[str, int] = {}
             for sid in chunk:
                 doc = docs.get(sid)
                 if doc is None:
                     outcome.missing.append(sid)
-                elif takeable(doc, owner, now):
-                    epoch = doc.get("epoch")
-                    expected[sid] = int(epoch or 0) + 1
-                    ops.append(
-                        (
-                            {"_id": sid, "epoch": epoch},
-                            {
-                                "$set": {
-                                    "owner": owner,
-                                    "lease_until": until,
-                                    "epoch": expected[sid],
-                                }
-                            },
-                        )
-                    )
-                else:
+                elif not takeable(doc, owner, now):
                     outcome.refused[sid] = _holder(doc)
-            if not ops:
+                else:
+                    before[sid] = int(doc.get("epoch") or 0)
+                    holder = doc.get("owner")
+                    if holder in replaceable or is_dead_local_owner(str(holder)):
+                        replaceable.add(holder)
+                        by_owner.append(sid)
+                    else:
+                        expired.append(sid)
+            take = {
+                "$set": {"owner": owner, "lease_until": lease_deadline(ttl_seconds, now)},
+                "$inc": {"epoch": 1},
+            }
+            for ids, guard in (
+                (by_owner, {"owner": {"$in": sorted(replaceable, key=str)}}),
+                (expired, {"lease_until": {"$lt": now}}),
+            ):
+                if ids:
+                    await self._call(
+                        "acquire leases",
+                        partial(self._sessions.update_many, {"_id": {"$in": ids}, **guard}, take),
+                    )
+            if not before:
                 continue
-            await self._run_updates("acquire leases", ops)
-            after = await self._lease_documents(list(expected))
-            for sid, epoch in expected.items():
+            after = await self._lease_documents(list(before))
+            for sid, epoch in before.items():
                 doc = after.get(sid) or {}
-                if doc.get("owner") == owner and doc.get("epoch") == epoch:
-                    outcome.granted[sid] = epoch
+                if doc.get("owner") == owner and int(doc.get("epoch") or 0) > epoch:
+                    outcome.granted[sid] = int(doc["epoch"])
                 else:  # another instance won the race
                     outcome.refused[sid] = _holder(doc, sid)
         return outcome
