@@ -69,6 +69,7 @@ class PersistenceConfig:
     embedded_checkpoints: int = 16
     write_checkpoint_files: bool = True
     session_summary_interval_ms: int = 1000
+    session_summaries_per_second: int = 200
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("persistence", "batch_max_delay_ms"): 0,
     ("persistence", "embedded_checkpoints"): 1,
     ("persistence", "session_summary_interval_ms"): 0,
+    ("persistence", "session_summaries_per_second"): 0,
     ("processing", "max_concurrent_sessions"): 1,
     ("processing", "step_attempts"): 1,
     ("processing", "retry_backoff_ms"): 0,

@@ -399,7 +399,7 @@ class PersistenceActor(pykka.ThreadingActor):
         checkpoints, which start-up reconciliation repairs.
         """
         now = time.monotonic()
-        interval = self.settings.session_summary_interval_ms / 1000
+        interval = self._summary_interval()
         for session_id, pending in list(self._summaries.items()):
             due = (
                 force
@@ -432,6 +432,16 @@ class PersistenceActor(pykka.ThreadingActor):
             )
             self._summary_timer.daemon = True
             self._summary_timer.start()
+
+    def _summary_interval(self) -> float:
+        """Seconds between two summaries of one session: the configured interval, longer
+        when that many live sessions would exceed the summary budget per second (session
+        document updates are what the database does slowest; checkpoints are inserts)."""
+        interval = self.settings.session_summary_interval_ms / 1000
+        budget = self.settings.session_summaries_per_second
+        if budget > 0:
+            interval = max(interval, len(self._summary_written) / budget)
+        return interval
 
     def _flush_summaries(self, *, force: bool) -> None:
         work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})

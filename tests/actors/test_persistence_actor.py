@@ -65,3 +65,68 @@ def test_a_checkpoint_is_committed_even_when_a_query_was_the_last_message(tmp_pa
         Gated.gate.set()
         persistence.stop()
         collector_ref.stop()
+
+
+def _summaries_written_at_once(tmp_path: Path, budget: int) -> tuple[list[int], list[int]]:
+    """20 sessions, 2 checkpoints each, summary interval 0: the session documents'
+    last_sequence_number right after the acks, and after a flush."""
+    import asyncio
+
+    from actors.messages import FlushPersistence
+    from storage.mongo import open_store
+
+    store = open_store("mongodb://unused", f"t_{new_id()[:8]}", driver="mongomock")
+    files = FileStore(tmp_path)
+    files.ensure_layout()
+    settings = PersistenceConfig(
+        session_summary_interval_ms=0, session_summaries_per_second=budget
+    )
+    persistence = PersistenceActor.start(files, lambda: store, settings)
+    sessions = [SessionId(new_id()) for _ in range(20)]
+    try:
+        for seq, kind in ((1, CheckpointType.SESSION_START), (2, CheckpointType.CHAPTER_START)):
+            acks = []
+            for sid in sessions:
+                cp = Checkpoint(sid, seq, kind, ProcessingStep.INITIALIZING, None, "next", seq)
+                ack = Reply.for_thread()
+                document = {"_id": sid, "session_id": sid, "status": "running", "epoch": 0}
+                persistence.tell(
+                    CheckpointReached(
+                        sid,
+                        cp,
+                        {"status": "running", "progress_percent": seq},
+                        {"session_id": sid, "status": "running"},
+                        new_session=document if seq == 1 else None,
+                        ack=ack,
+                    )
+                )
+                acks.append(ack)
+            assert all(ack.result(10) is None for ack in acks)
+
+        def summaries() -> list[int]:
+            async def read() -> list[int]:
+                return [
+                    int((await store.get_session(sid) or {}).get("last_sequence_number", 0))
+                    for sid in sessions
+                ]
+
+            return asyncio.run(read())
+
+        at_ack = summaries()
+        flushed = Reply.for_thread()
+        persistence.tell(FlushPersistence(flushed))
+        assert flushed.result(10) == 0
+        return at_ack, summaries()
+    finally:
+        persistence.stop()
+
+
+def test_session_summaries_are_capped_per_second_and_flushed_later(tmp_path: Path) -> None:
+    # No cap: with interval 0 every checkpoint's summary is written with its batch.
+    at_ack, flushed = _summaries_written_at_once(tmp_path / "uncapped", budget=0)
+    assert at_ack == [2] * 20 and flushed == [2] * 20
+    # 1 per second for 20 live sessions: each session's next summary is 20 s away, so the
+    # second checkpoints are durable (acknowledged) before their summaries, which a flush
+    # (or the timer, or shutdown) writes.
+    at_ack, flushed = _summaries_written_at_once(tmp_path / "capped", budget=1)
+    assert at_ack == [1] * 20 and flushed == [2] * 20
