@@ -17,15 +17,19 @@ does). Variants:
   compiled ``StateGraph`` of sequential nodes, one thread per session, ``durability="sync"``
   (each checkpoint persisted before the next step), ``ainvoke`` of N threads at once. Its
   client uses ``w=1, j=true``. It also writes ``put_writes`` per task (counted apart).
-- ``raw``: the driver's ceiling: per round one ``insert_many`` of N same-size checkpoint
-  documents plus one ``bulk_write`` of N session updates: the operations of our batch with
-  no actors and no files. Each checkpoint's latency is its round's duration.
+- ``raw``: the database's ceiling for the same operations: every database batch the
+  ``actor`` variant wrote at this level (captured at the store, copied), replayed back to
+  back through the same store code into a fresh database, with no actors and no files.
+  Each checkpoint's latency is its batch's write time. Needs ``actor`` in the same run.
+- ``bulk``: per round one ``insert_many`` of N same-size checkpoint documents plus one
+  ``bulk_write`` of N session updates: the naive writer's operations (one session update
+  per checkpoint) in bulk. Each checkpoint's latency is its round's duration.
 
 Latency is measured where the session learns its checkpoint is durable (the asyncio loop),
 from the moment it asked. Checkpoints/s is checkpoints / wall time of the level.
 
 Run: ``.venv/bin/python bench/compare_persistence.py [--sessions 1,100,1000] [--steps 15]
-[--quick] [--variants actor,naive,langgraph,raw] [--payload 600] [--no-fsync] [--json F]``.
+[--quick] [--variants actor,raw,naive,langgraph,bulk] [--payload 600] [--no-fsync] [--json F]``.
 ``--quick`` uses 5 checkpoints per session. Needs ``pip install -e '.[bench]'`` for the
 LangGraph variant (it is skipped with a note otherwise).
 """
@@ -34,12 +38,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,8 +62,8 @@ from config import PersistenceConfig  # noqa: E402
 from domain import CheckpointType, ProcessingStep, SessionId, SessionStatus, new_id  # noqa: E402
 from storage.embedded import EmbeddedDatabase  # noqa: E402
 from storage.files import FileStore  # noqa: E402
-from storage.mongo import open_store  # noqa: E402
-from storage.records import Checkpoint  # noqa: E402
+from storage.mongo import MongoStore, open_store  # noqa: E402
+from storage.records import Checkpoint, PersistBatch  # noqa: E402
 
 EMBEDDED_KEEP = 16
 NAIVE_IN_FLIGHT = 64
@@ -160,9 +166,24 @@ async def run_actor(uri: str, db: str, work: Workload, sessions: int, args: Any)
     files = FileStore(out, fsync=not args.no_fsync)
     files.ensure_layout()
     settings = PersistenceConfig(fsync=not args.no_fsync, embedded_checkpoints=EMBEDDED_KEEP)
-    actor = await asyncio.to_thread(
-        PersistenceActor.start, files, lambda: open_store(uri, db), settings
-    )
+    captured: list[PersistBatch] = []
+    args.captured[sessions] = captured
+
+    def recording_store() -> MongoStore:
+        store = open_store(uri, db)
+        write_batch = store.write_batch
+
+        async def write_and_keep(batch: PersistBatch, keep: int) -> set[str]:
+            fenced = await write_batch(batch, keep)
+            if measuring.is_set():
+                captured.append(copy.deepcopy(batch))
+            return fenced
+
+        store.write_batch = write_and_keep  # type: ignore[method-assign]
+        return store
+
+    measuring = threading.Event()
+    actor = await asyncio.to_thread(PersistenceActor.start, files, recording_store, settings)
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     errors: list[str] = []
@@ -190,11 +211,13 @@ async def run_actor(uri: str, db: str, work: Workload, sessions: int, args: Any)
     await session()  # warm-up: connections, indexes, first files (not counted)
     latencies.clear()
     before = await asyncio.to_thread(lambda: actor.proxy().stats.get().as_dict())
+    measuring.set()
     started = time.perf_counter()
     await asyncio.gather(*(session() for _ in range(sessions)))
     wall = time.perf_counter() - started
     stats = await asyncio.to_thread(lambda: actor.proxy().stats.get().as_dict())
-    await asyncio.to_thread(actor.stop)
+    await asyncio.to_thread(actor.stop)  # writes the summaries still held back
+    measuring.clear()
     shutil.rmtree(out, ignore_errors=True)
     batches = stats["batches"] - before["batches"]
     return result(
@@ -321,6 +344,32 @@ async def run_langgraph(uri: str, db: str, work: Workload, sessions: int, args: 
 
 
 async def run_raw(uri: str, db: str, work: Workload, sessions: int, args: Any) -> Result:
+    batches: list[PersistBatch] | None = args.captured.get(sessions)
+    if not batches:
+        raise SystemExit("the raw variant replays the actor's batches: list actor before raw")
+    store = open_store(uri, db)
+    await store.ensure_indexes()
+    latencies: list[float] = []
+    checkpoints = 0
+    started = time.perf_counter()
+    for batch in batches:
+        asked = time.monotonic()
+        await store.write_batch(copy.deepcopy(batch), EMBEDDED_KEEP)
+        latencies.extend([(time.monotonic() - asked) * 1000] * len(batch.checkpoints))
+        checkpoints += len(batch.checkpoints)
+    wall = time.perf_counter() - started
+    await store.close()
+    return result(
+        "raw",
+        sessions,
+        wall,
+        latencies,
+        batches=len(batches),
+        session_updates=sum(len(b.session_updates) for b in batches),
+    )
+
+
+async def run_bulk(uri: str, db: str, work: Workload, sessions: int, args: Any) -> Result:
     store = open_store(uri, db)
     await store.ensure_indexes()
     await store.close()
@@ -347,7 +396,7 @@ async def run_raw(uri: str, db: str, work: Workload, sessions: int, args: Any) -
         latencies.extend([(time.monotonic() - asked) * 1000] * sessions)
     wall = time.perf_counter() - started
     await client.close()
-    return result("raw", sessions, wall, latencies)
+    return result("bulk", sessions, wall, latencies)
 
 
 VARIANTS: dict[str, Callable[..., Any]] = {
@@ -355,6 +404,7 @@ VARIANTS: dict[str, Callable[..., Any]] = {
     "naive": run_naive,
     "langgraph": run_langgraph,
     "raw": run_raw,
+    "bulk": run_bulk,
 }
 
 
@@ -416,12 +466,13 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,100,1000", help="comma-separated levels")
     parser.add_argument("--steps", type=int, default=15, help="checkpoints per session")
     parser.add_argument("--quick", action="store_true", help="5 checkpoints per session")
-    parser.add_argument("--variants", default="actor,naive,langgraph,raw")
+    parser.add_argument("--variants", default="actor,raw,naive,langgraph,bulk")
     parser.add_argument("--payload", type=int, default=600, help="checkpoint_data bytes")
     parser.add_argument("--no-fsync", action="store_true", help="actor: files without fsync")
     parser.add_argument("--dir", default=None, help="temp folder parent (a real disk)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    args.captured = {}
     if args.quick:
         args.steps = 5
     levels = [int(s) for s in args.sessions.split(",") if s.strip()]
