@@ -7,10 +7,13 @@ It also keeps the latest status snapshot of every live session (the "board"), so
 status queries read memory instead of asking actors.
 
 Publishing is cheap for the actors and for the loop: events published while the loop
-is busy wait in one list and are delivered together by a single loop callback, and a
-listener that follows one session may take them as one :class:`EventBatch` (the
-WebSockets do: a thousand subscribers then cost one write each per batch, not one per
-event).
+is busy wait in one list and are delivered together by a single loop callback. A
+listener that follows one session may take them as :class:`EventBatch` es instead of one
+by one (the WebSockets do: a thousand subscribers then cost one write each per batch, not
+one per event). Batch listeners are called ``FANOUT_CHUNK`` at a time per loop callback,
+so a fan-out to thousands never holds the loop for long, and events published while a
+fan-out is under way join it: listeners it has not reached yet get old and new events in
+one batch, the others get the new ones in a follow-up pass.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ Listener = Callable[[LogEntry], None]
 
 @dataclass(eq=False, slots=True)
 class EventBatch:
-    """Events of one session delivered together, in order, by one loop callback.
+    """Consecutive events of one session handed to a batch listener in one call.
 
-    Every batch listener of the session receives the same object, so what they derive
-    from the events alone (the WebSocket frames) is computed once, kept in ``shared``.
+    Every listener due the same events in a fan-out pass receives the same object, so
+    what they derive from the events alone (the WebSocket frames) is computed once and
+    kept in ``shared``.
     """
 
     session_id: str
@@ -48,6 +52,55 @@ class EventBatch:
 
 BatchListener = Callable[[EventBatch], None]
 
+FANOUT_CHUNK = 128
+"""Batch listeners called per loop callback (between chunks the loop serves other work)."""
+
+
+class _Cursor:
+    """One batch listener and the position of the next event it is due."""
+
+    __slots__ = ("active", "listener", "next")
+
+    def __init__(self, listener: BatchListener, next_event: int) -> None:
+        self.listener = listener
+        self.next = next_event
+        self.active = True
+
+
+class _SessionFeed:
+    """A session's events on their way to its batch listeners.
+
+    ``log`` holds the events some listener has not been handed yet; positions are
+    absolute (``base`` is the position of ``log[0]``), so cursors survive trimming.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.cursors: list[_Cursor] = []
+        self.log: list[LogEntry] = []
+        self.base = 0
+        self.passing = False
+        self.batches: dict[tuple[int, int], EventBatch] = {}
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.log)
+
+    def batch(self, start: int, end: int) -> EventBatch:
+        """Events [start, end) as one batch object shared by every listener due them."""
+        found = self.batches.get((start, end))
+        if found is None:
+            events = self.log[start - self.base : end - self.base]
+            found = self.batches[start, end] = EventBatch(self.session_id, events)
+        return found
+
+    def trim(self) -> None:
+        """Forget events every listener has been handed (between passes)."""
+        low = min((c.next for c in self.cursors), default=self.end)
+        del self.log[: low - self.base]
+        self.base = low
+        self.batches.clear()
+
 
 class EventHub:
     """Fan-out of session events plus the board of live snapshots."""
@@ -56,7 +109,7 @@ class EventHub:
         self._loop = loop
         self._lock = threading.Lock()
         self._by_session: dict[str, list[Listener]] = defaultdict(list)
-        self._batches_by_session: dict[str, list[BatchListener]] = defaultdict(list)
+        self._feeds: dict[str, _SessionFeed] = {}
         self._global: list[Listener] = []
         self._pending: list[LogEntry] = []
         self._dispatch_scheduled = False
@@ -75,11 +128,27 @@ class EventHub:
         return self._add(self._by_session, session_id, listener)
 
     def subscribe_batches(self, session_id: str, listener: BatchListener) -> Callable[[], None]:
-        """Call ``listener(batch)`` with the events of ``session_id`` delivered together.
+        """Call ``listener(batch)`` with the events of ``session_id``, in order, in batches.
 
         Returns the function that unsubscribes.
         """
-        return self._add(self._batches_by_session, session_id, listener)
+        with self._lock:
+            feed = self._feeds.get(session_id)
+            if feed is None:
+                feed = self._feeds[session_id] = _SessionFeed(session_id)
+            cursor = _Cursor(listener, feed.end)  # due what is published from now on
+            feed.cursors.append(cursor)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if not cursor.active:
+                    return
+                cursor.active = False
+                feed.cursors.remove(cursor)
+                if not feed.cursors and not feed.passing and self._feeds.get(session_id) is feed:
+                    del self._feeds[session_id]
+
+        return unsubscribe
 
     def _add(self, where: Any, session_id: str | None, listener: Any) -> Callable[[], None]:
         with self._lock:
@@ -98,9 +167,8 @@ class EventHub:
     def subscriber_count(self, session_id: str) -> int:
         """How many listeners follow one session."""
         with self._lock:
-            return len(self._by_session.get(session_id, ())) + len(
-                self._batches_by_session.get(session_id, ())
-            )
+            feed = self._feeds.get(session_id)
+            return len(self._by_session.get(session_id, ())) + len(feed.cursors if feed else ())
 
     # -- publishing (any thread) -------------------------------------------------
 
@@ -144,13 +212,48 @@ class EventHub:
             batches.setdefault(entry.session_id, []).append(entry)
         for sid, session_entries in batches.items():
             with self._lock:
-                batch_listeners = [*self._batches_by_session.get(sid, ())]
-            batch = EventBatch(sid, session_entries)
-            for batch_listener in batch_listeners:
-                try:
-                    batch_listener(batch)
-                except Exception:  # one bad listener must not starve the others
-                    logger.exception("event listener failed")
+                feed = self._feeds.get(sid)
+                if feed is None:
+                    continue
+                feed.log.extend(session_entries)
+                if feed.passing:
+                    continue  # the pass under way takes them along
+                feed.passing = True
+                cursors = list(feed.cursors)
+            self._fan_out(feed, cursors, 0)
+
+    def _fan_out(self, feed: _SessionFeed, cursors: list[_Cursor], start: int) -> None:
+        """Hand ``cursors[start:]`` what they are due, a chunk per loop callback; then
+        start another pass for the listeners that events published meanwhile left behind."""
+        while True:
+            stop = len(cursors)
+            if self._loop is not None:
+                stop = min(stop, start + FANOUT_CHUNK)
+            end = feed.end  # later chunks of this pass see later events too
+            for cursor in cursors[start:stop]:
+                if cursor.active and cursor.next < end:
+                    batch = feed.batch(cursor.next, end)
+                    cursor.next = end
+                    try:
+                        cursor.listener(batch)
+                    except Exception:  # one bad listener must not starve the others
+                        logger.exception("event listener failed")
+            if stop < len(cursors):
+                assert self._loop is not None
+                self._loop.call_soon(self._fan_out, feed, cursors, stop)
+                return
+            with self._lock:
+                feed.trim()
+                cursors = [c for c in feed.cursors if c.next < feed.end]
+                if not cursors:
+                    feed.passing = False
+                    if not feed.cursors and self._feeds.get(feed.session_id) is feed:
+                        del self._feeds[feed.session_id]
+                    return
+            if self._loop is not None:
+                self._loop.call_soon(self._fan_out, feed, cursors, 0)
+                return
+            start = 0
 
     # -- the board of live snapshots ----------------------------------------------
 

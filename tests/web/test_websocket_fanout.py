@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from conftest import create_manuscript, start
 from tests_support import EventRecorder
 
-from actors.events import EventBatch, EventHub
+from actors.events import FANOUT_CHUNK, EventBatch, EventHub
 from storage.records import LogEntry
 from web.keys import CONFIG_KEY, ENGINE_KEY
 from web.sessions import wait_until_stopped
@@ -90,6 +90,63 @@ async def test_events_published_before_the_loop_gets_to_them_arrive_as_one_batch
     batch = await delivered
     assert [e.event_seq for e in batch.entries] == [1, 2, 3, 4] == each
     assert hub.published == 4
+
+
+async def test_events_published_during_a_fan_out_join_it_in_order_exactly_once() -> None:
+    loop = asyncio.get_running_loop()
+    hub = EventHub(loop)
+    count = 2 * FANOUT_CHUNK + 10  # three chunks, one loop callback each
+    heard: list[list[list[int]]] = [[] for _ in range(count)]
+    all_heard_both = asyncio.Event()
+    complete = 0
+
+    def listener(i: int) -> Any:
+        def on_batch(batch: EventBatch) -> None:
+            nonlocal complete
+            heard[i].append([e.event_seq for e in batch.entries])
+            if i == 5 and batch.entries[0].event_seq == 1:
+                hub.publish([entry("s1", 2)])  # mid-way through the first chunk
+            if sum(len(b) for b in heard[i]) == 2:
+                complete += 1
+                if complete == count:
+                    all_heard_both.set()
+
+        return on_batch
+
+    for i in range(count):
+        hub.subscribe_batches("s1", listener(i))
+    hub.publish([entry("s1", 1)])
+    await all_heard_both.wait()
+
+    # Reached before event 2 was published: two batches; reached after: one with both.
+    assert all(heard[i] == [[1], [2]] for i in range(FANOUT_CHUNK))
+    assert all(heard[i] == [[1, 2]] for i in range(FANOUT_CHUNK, count))
+
+
+async def test_a_listener_that_unsubscribes_during_a_fan_out_hears_nothing_more() -> None:
+    hub = EventHub(asyncio.get_running_loop())
+    count = FANOUT_CHUNK + 10
+    heard: list[list[int]] = [[] for _ in range(count)]
+    last_heard = asyncio.Event()
+    unsubscribers = []
+
+    def listener(i: int) -> Any:
+        def on_batch(batch: EventBatch) -> None:
+            heard[i].extend(e.event_seq for e in batch.entries)
+            if i == 0 and batch.entries[0].event_seq == 1:
+                unsubscribers[-1]()  # the last one, due in the second chunk
+            if i == count - 2 and heard[i][-1] == 2:
+                last_heard.set()
+
+        return on_batch
+
+    for i in range(count):
+        unsubscribers.append(hub.subscribe_batches("s1", listener(i)))
+    hub.publish([entry("s1", 1)])
+    hub.publish([entry("s1", 2)])
+    await last_heard.wait()
+    assert heard[-1] == [] and all(h == [1, 2] for h in heard[:-1])
+    assert hub.subscriber_count("s1") == count - 1
 
 
 def test_an_unsubscribed_batch_listener_hears_nothing_more() -> None:
