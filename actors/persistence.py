@@ -216,7 +216,7 @@ class PersistenceActor(pykka.ThreadingActor):
         work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         self._release_summaries(work, force=True)
         if work.batch.session_updates:
-            self._backlog.append(work)
+            self._enqueue(work)
         if not self.stats.breaker_open:
             self._drain_backlog()
         if self._backlog:
@@ -371,8 +371,7 @@ class PersistenceActor(pykka.ThreadingActor):
                     self._add_events(work, message.entries, message.keep)
         self._release_summaries(work, force=False)
         self.stats.events += len(work.batch.logs)
-        self._backlog.append(work)
-        self.stats.backlog_batches = len(self._backlog)
+        self._enqueue(work)
 
     # -- session summaries (write-behind) --------------------------------------------
 
@@ -447,9 +446,15 @@ class PersistenceActor(pykka.ThreadingActor):
         work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         self._release_summaries(work, force=force)
         if work.batch.session_updates:
-            self._backlog.append(work)
+            self._enqueue(work)
             if force or not self.stats.breaker_open:
                 self._drain_backlog()
+
+    def _enqueue(self, work: _DatabaseWork) -> None:
+        """Queue database work; the stats show it at once (also while the breaker is open)."""
+        self._backlog.append(work)
+        self.stats.backlog_batches = len(self._backlog)
+        self.stats.backlog_records += len(work)
 
     def _add_events(self, work: _DatabaseWork, entries: tuple[Any, ...], keep: int) -> None:
         if not entries:
