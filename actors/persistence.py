@@ -136,11 +136,12 @@ class _PendingSummary:
     urgent: bool = False
 
 
-URGENT_CHECKPOINTS = frozenset(
-    {"session_start", "session_completed", "session_paused", "error_occurred"}
-)
+URGENT_CHECKPOINTS = frozenset({"session_completed", "session_paused", "error_occurred"})
 LEAVING_STATUSES = frozenset({"completed", "cancelled", "paused", "failed"})
 """A session in one of these is no longer run by anyone: its lease is released."""
+STOPPED_STATUSES = LEAVING_STATUSES | {"interrupted"}
+"""Summaries announcing one of these are written at once; a session starting or
+resuming (pending, queued, running) is shown live from memory meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -383,10 +384,15 @@ class PersistenceActor(pykka.ThreadingActor):
         if cp is not None:
             pending.checkpoints.append(cp)
         status = message.session_fields.get("status")
-        if (
-            cp is None
-            or str(cp.checkpoint_type) in URGENT_CHECKPOINTS
-            or status != self._summary_status.get(message.session_id)
+        sid = message.session_id
+        if message.new_session is not None:
+            # The document inserted with this batch carries the summary already.
+            self._summary_status.setdefault(sid, message.new_session.get("status"))
+            self._summary_written.setdefault(sid, time.monotonic())
+        elif cp is None:
+            pending.urgent = True  # a bare status change (cancel, interrupted, failed)
+        if (cp is not None and str(cp.checkpoint_type) in URGENT_CHECKPOINTS) or (
+            status in STOPPED_STATUSES and status != self._summary_status.get(sid)
         ):
             pending.urgent = True
 

@@ -125,8 +125,8 @@ def test_session_summaries_are_capped_per_second_and_flushed_later(tmp_path: Pat
     # No cap: with interval 0 every checkpoint's summary is written with its batch.
     at_ack, flushed = _summaries_written_at_once(tmp_path / "uncapped", budget=0)
     assert at_ack == [2] * 20 and flushed == [2] * 20
-    # 1 per second for 20 live sessions: each session's next summary is 20 s away, so the
-    # second checkpoints are durable (acknowledged) before their summaries, which a flush
-    # (or the timer, or shutdown) writes.
+    # 1 per second for 20 live sessions: each session's next summary is 20 s away (the
+    # inserted session document stood for the first), so both checkpoints are durable
+    # (acknowledged) before the summary, which a flush (or the timer, or shutdown) writes.
     at_ack, flushed = _summaries_written_at_once(tmp_path / "capped", budget=1)
-    assert at_ack == [1] * 20 and flushed == [2] * 20
+    assert at_ack == [0] * 20 and flushed == [2] * 20
