@@ -623,8 +623,9 @@ class Engine(OperatorCommands):
                     )
                     database = _READ
                 # The scan already read every file: no per-session directory listing.
+                key = SessionId(sid)
                 files = (
-                    None if takeover else (scan.sessions.get(sid), scan.checkpoints.get(sid, []))
+                    None if takeover else (scan.sessions.get(key), scan.checkpoints.get(key, []))
                 )
                 state = await self.load_state(sid, files, database)
             except NotFoundError:
@@ -672,10 +673,13 @@ class Engine(OperatorCommands):
 
         ordered = sorted(sid for sid in candidates if not self._is_live_here(sid))
         for start in range(0, len(ordered), RECOVERY_CONCURRENCY):
-            chunk = ordered[start : start + RECOVERY_CONCURRENCY]
             # Leases and records of a whole chunk in a few queries, then the sessions'
             # own reads overlap; the driver's pool stays unstarved.
-            chunk = [sid for sid in chunk if not self._is_live_here(sid)]
+            chunk = [
+                sid
+                for sid in ordered[start : start + RECOVERY_CONCURRENCY]
+                if not self._is_live_here(sid)
+            ]
             self._starting.update(chunk)
             try:
                 outcome = await self._acquire(chunk, known)

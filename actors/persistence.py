@@ -477,7 +477,7 @@ class PersistenceActor(pykka.ThreadingActor):
         error, _ = await asyncio.gather(
             asyncio.to_thread(self._write_files, checkpoints), self._drain_async()
         )
-        return error  # type: ignore[no-any-return]
+        return error
 
     def _drain_backlog(self) -> None:
         """Write queued database work in order; stop at the first failure."""
@@ -573,7 +573,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if not self._leases or self._loop is None or self.stats.breaker_open:
             return
         now = time.monotonic()
-        doubtful = {
+        doubtful: dict[str, _Lease] = {
             m.session_id: lease
             for m in checkpoints
             if (lease := self._leases.get(m.session_id)) is not None and lease.trusted_until < now
@@ -591,7 +591,7 @@ class PersistenceActor(pykka.ThreadingActor):
             return
         now = time.monotonic()
         batch = work.batch
-        sessions = {cp.session_id for cp in batch.checkpoints}
+        sessions: set[str] = {cp.session_id for cp in batch.checkpoints}
         sessions.update(batch.session_updates)
         sessions.update(entry.session_id for entry in batch.logs)
         doubtful = {
