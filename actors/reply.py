@@ -74,7 +74,11 @@ def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
         ref.tell(message)
 
 
-def _resolve(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+def _resolve(
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+    value: Any,
+    exc: BaseException | None,
+) -> None:
     if future.done():  # the caller gave up (timeout, cancelled request)
         return
     if exc is not None:

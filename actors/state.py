@@ -172,7 +172,11 @@ class SessionState:
             state.last_event_seq, int(session_doc.get("last_event_seq") or 0)
         )
         stored_status = session_doc.get("status")
-        if state.phase != Phase.DONE and stored_status in (s.value for s in SessionStatus):
+        if (
+            state.phase != Phase.DONE
+            and isinstance(stored_status, str)
+            and stored_status in (s.value for s in SessionStatus)
+        ):
             state.status = SessionStatus(stored_status)
         state.error_message = session_doc.get("error_message") or state.error_message
         return state

@@ -31,7 +31,7 @@ from actors.messages import (
 )
 from actors.reply import Reply, tell_quietly
 from actors.session import SessionActor, SessionSettings
-from domain import SessionStatus
+from domain import SessionId, SessionStatus
 from errors import ConflictError, NotFoundError
 from pipeline.providers import Providers
 
@@ -61,10 +61,10 @@ class SessionSupervisor(pykka.ThreadingActor):
         self.persistence = persistence
         self.hub = hub
         self.settings = settings
-        self._running: dict[str, pykka.ActorRef[Any]] = {}
-        self._queued: OrderedDict[str, StartSession] = OrderedDict()
+        self._running: dict[SessionId, pykka.ActorRef[Any]] = {}
+        self._queued: OrderedDict[SessionId, StartSession] = OrderedDict()
         self._stopping: list[tuple[Reply | None, threading.Timer | None]] = []
-        self.finished: dict[str, SessionStatus] = {}
+        self.finished: dict[SessionId, SessionStatus] = {}
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -184,7 +184,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         if reply is not None:
             reply.set_result(state.snapshot())
 
-    def _snapshot_of(self, sid: str) -> dict[str, Any] | None:
+    def _snapshot_of(self, sid: SessionId) -> dict[str, Any] | None:
         snapshot = self.hub.snapshot(sid)
         if snapshot is None and sid in self._queued:
             snapshot = self._queued[sid].state.snapshot()

@@ -67,4 +67,4 @@ async def resolve_store(made: Any) -> SessionStore:
     """Await a store factory's result when it is a coroutine."""
     if inspect.isawaitable(made):
         made = await made
-    return made  # type: ignore[no-any-return]
+    return made

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from domain import SessionId
 from errors import DatabaseUnavailableError
 from storage.base import SessionStore
 from storage.files import FileStore
@@ -59,12 +61,14 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
     report = VerifyReport()
     scan = await asyncio.to_thread(files.scan)
     report.file_problems = [f"{p.path}: {p.kind} ({p.detail})" for p in scan.problems]
-    db_sessions: dict[str, dict] = {}
+    db_sessions: dict[SessionId, dict[str, Any]] = {}
     if store is None:
         report.problems.append("no database configured: only the files were checked")
     else:
         try:
-            db_sessions = {d["session_id"]: d for d in await store.list_sessions(limit=1_000_000)}
+            db_sessions = {
+                SessionId(d["session_id"]): d for d in await store.list_sessions(limit=1_000_000)
+            }
         except DatabaseUnavailableError as exc:
             report.problems.append(f"database unreachable: {exc}")
             store = None
@@ -113,7 +117,7 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
             for cp in in_db
             if "image" in cp.checkpoint_data
         }
-        recorded = {(i.chapter_number, i.scene_number) for i in await store.list_images(sid)}  # type: ignore[arg-type]
+        recorded = {(i.chapter_number, i.scene_number) for i in await store.list_images(sid)}
         if named != recorded:
             report.problems.append(
                 f"{sid}: image checkpoints name {len(named)} images, the image records are "
@@ -124,9 +128,9 @@ async def verify(store: SessionStore | None, files: FileStore, output_dir: Path)
 
 
 async def _verify_images(
-    store: SessionStore, sid: str, output_dir: Path, report: VerifyReport
+    store: SessionStore, sid: SessionId, output_dir: Path, report: VerifyReport
 ) -> None:
-    records = await store.list_images(sid)  # type: ignore[arg-type]
+    records = await store.list_images(sid)
     report.images += len(records)
     recorded = set()
     for image in records:

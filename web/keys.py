@@ -19,5 +19,6 @@ WEBSOCKETS_KEY = web.AppKey("websockets", set[web.WebSocketResponse])
 ``server.max_websockets``, closed with GOING_AWAY at shutdown."""
 START_LOCK_KEY = web.AppKey("start_lock", asyncio.Lock)
 """Serialises session starts, so one manuscript never gets two live sessions by a race."""
-PROVIDERS_KEY = web.AppKey("providers", Providers | None)
+# A union is not a class, so the type goes in the subscript (aiohttp reads it back for repr).
+PROVIDERS_KEY = web.AppKey[Providers | None]("providers")
 """Providers injected by ``create_app`` (None: built from the config)."""

@@ -36,12 +36,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except MalformedJsonError as exc:
         return error_body("the body is not valid JSON", 400, {"field": "body", "reason": str(exc)})
     except MalformedMultipartError as exc:
-        details = {"field": "body", "reason": str(exc)}
-        return error_body("the body is not valid multipart/form-data", 400, details)
+        return error_body(
+            "the body is not valid multipart/form-data", 400, {"field": "body", "reason": str(exc)}
+        )
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like pass through
             raise
-        details: dict = {}
+        details: dict[str, object] = {}
         if isinstance(exc, web.HTTPMethodNotAllowed):
             details = {"allowed_methods": sorted(exc.allowed_methods)}
         elif isinstance(exc, web.HTTPRequestEntityTooLarge):

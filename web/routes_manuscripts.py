@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from domain import SessionId, isoformat, manuscript_id, session_id, utcnow
+from domain import ManuscriptId, SessionId, isoformat, manuscript_id, session_id, utcnow
 from errors import ConflictError, DatabaseUnavailableError, NotFoundError, ValidationError
 from pipeline.manuscripts import decode_upload, parse_manuscript_json, parse_manuscript_text
 from storage import atomic
@@ -228,7 +228,7 @@ def _unlink(path: Path) -> bool:
     return True
 
 
-async def _export_session(request: web.Request, mid: str) -> SessionId | None:
+async def _export_session(request: web.Request, mid: ManuscriptId) -> SessionId | None:
     engine = request.app[ENGINE_KEY]
     raw = request.query.get("session_id")
     if raw:
@@ -243,8 +243,8 @@ async def _export_session(request: web.Request, mid: str) -> SessionId | None:
         return None
     sessions = await engine.store.list_sessions(manuscript_id=mid, limit=50)
     completed = [d for d in sessions if d.get("status") == "completed"]
-    chosen = (completed or sessions or [None])[0]
-    return SessionId(chosen["session_id"]) if chosen else None
+    candidates = completed or sessions
+    return SessionId(candidates[0]["session_id"]) if candidates else None
 
 
 @routes.post("/api/manuscripts/{manuscript_id}/export")
