@@ -683,8 +683,8 @@ class Engine(OperatorCommands):
             self._starting.update(chunk)
             try:
                 outcome = await self._acquire(chunk, known)
-                for sid, holder in outcome.refused.items():
-                    logger.debug("session %s is %s; not recovered here", sid, holder.describe())
+                for refused, holder in outcome.refused.items():
+                    logger.debug("session %s is %s; not recovered here", refused, holder.describe())
                 mine = [sid for sid in chunk if sid not in outcome.refused]
                 records = await self._database_records(mine)
                 await asyncio.gather(
