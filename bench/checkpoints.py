@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,12 @@ class CountingPersistenceActor(PersistenceActor):
         finally:
             self.bench["bench_files_seconds"] += time.perf_counter() - started
 
-    def _drain_backlog(self) -> None:
+    async def _drain_async(self) -> None:
+        # Every database write goes through here: concurrently with the files inside a
+        # commit (``_write_both``), and alone from ``_drain_backlog``.
         started = time.perf_counter()
         try:
-            super()._drain_backlog()
+            await super()._drain_async()
         finally:
             self.bench["bench_db_seconds"] += time.perf_counter() - started
 
@@ -229,6 +232,17 @@ class LogCapture(logging.Handler):
             self.counts.clear()
             self.first.clear()
             self._seen.clear()
+
+
+def capture_logs(verbose: bool) -> LogCapture:
+    """Log to stderr (INFO with ``verbose``, else WARNING) and count WARNING+ in the capture."""
+    capture = LogCapture()
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger().addHandler(capture)
+    return capture
 
 
 # --------------------------------------------------------------------------- one level
@@ -287,6 +301,97 @@ def thread_summary(limit: int = 12) -> str:
     return "\n".join(f"    {n:5d} x {k}" for k, n in groups.most_common(limit))
 
 
+class SessionWatcher:
+    """Follows the EventHub until ``expected`` sessions are final.
+
+    Final: a ``complete`` event, or an ``error`` / ``failed`` / ``paused`` / ``cancelled``
+    status (recorded in ``failed`` with the event that ended it).
+    """
+
+    def __init__(self, hub: Any, expected: int) -> None:
+        self.expected = expected
+        self.completed: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.last_event_at = time.perf_counter()
+        self._done = asyncio.Event()
+        self.unsubscribe = hub.subscribe(None, self._on_event)
+
+    def _on_event(self, entry: Any) -> None:
+        self.last_event_at = time.perf_counter()
+        if entry.type == "complete":
+            self.completed.add(entry.session_id)
+        elif entry.type == "error" or (
+            entry.type == "status"
+            and entry.payload.get("status") in ("failed", "paused", "cancelled")
+        ):
+            self.failed.setdefault(entry.session_id, f"{entry.type}: {entry.payload}")
+        else:
+            return
+        self._check()
+
+    def _check(self) -> None:
+        if len(self.completed) + len(self.failed) >= self.expected:
+            self._done.set()
+
+    def expect(self, expected: int) -> None:
+        """Wait for ``expected`` sessions instead (e.g. only those that started)."""
+        self.expected = expected
+        self._check()
+
+    async def wait(self, timeout: float) -> bool:
+        """True once all expected sessions are final; False after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def report_stall(self, engine: Engine, timeout: float) -> None:
+        """Print what the live sessions were doing and where every thread was."""
+        idle = time.perf_counter() - self.last_event_at
+        print(
+            f"  TIMEOUT after {timeout:.0f}s: {len(self.completed)} completed,"
+            f" {len(self.failed)} failed of {self.expected};"
+            f" last event {idle:.1f}s ago; {threading.active_count()} threads",
+            flush=True,
+        )
+        phases = collections.Counter(
+            f"{s.get('status')}/{s.get('current_step', s.get('phase', '?'))}"
+            for s in engine.hub.snapshots()
+        )
+        print(f"  live snapshots: {dict(phases.most_common(8))}", flush=True)
+        print("  threads by innermost frame:\n" + thread_summary(), flush=True)
+
+
+class LoopLagProbe:
+    """Measures event-loop lag (a 10 ms sleep's overshoot) and the peak thread count.
+
+    Started on creation (inside the running loop); ``lags`` in ms, ``times`` the
+    ``time.monotonic()`` at which each was taken.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self.times: list[float] = []
+        self.peak_threads = threading.active_count()
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.lags.append((time.perf_counter() - before - self.interval) * 1000)
+            self.times.append(time.monotonic())
+            self.peak_threads = max(self.peak_threads, threading.active_count())
+
+    async def stop(self) -> None:
+        """Stop probing (waits for the last sample)."""
+        self._stop.set()
+        await self._task
+
+
 async def run_level(
     config: Config, store_factory: Any, sessions: int, args: argparse.Namespace, capture: LogCapture
 ) -> dict[str, Any]:
@@ -302,41 +407,11 @@ async def run_level(
     if not engine.database_ok:
         print("  WARNING: database not reachable at start-up; running on files only", flush=True)
 
-    completed: set[str] = set()
-    failed: dict[str, str] = {}
-    all_done = asyncio.Event()
-    last_event_at = [time.perf_counter()]
-
-    def on_event(entry: Any) -> None:
-        last_event_at[0] = time.perf_counter()
-        if entry.type == "complete":
-            completed.add(entry.session_id)
-        elif entry.type == "error" or (
-            entry.type == "status"
-            and entry.payload.get("status") in ("failed", "paused", "cancelled")
-        ):
-            failed.setdefault(entry.session_id, f"{entry.type}: {entry.payload}")
-        else:
-            return
-        if len(completed) + len(failed) >= sessions:
-            all_done.set()
-
-    unsubscribe = engine.hub.subscribe(None, on_event)
+    watcher = SessionWatcher(engine.hub, sessions)
+    completed, failed = watcher.completed, watcher.failed
     mid = await engine.save_manuscript(make_manuscript(args.chapters))
 
-    lags: list[float] = []
-    peak_threads = [threading.active_count()]
-    stop_probe = asyncio.Event()
-
-    async def probe() -> None:
-        interval = 0.01
-        while not stop_probe.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(interval)
-            lags.append((time.perf_counter() - before - interval) * 1000)
-            peak_threads[0] = max(peak_threads[0], threading.active_count())
-
-    probe_task = asyncio.create_task(probe())
+    probe = LoopLagProbe()
     started = time.perf_counter()
     results = await asyncio.gather(
         *(engine.start_session(mid, max_emotional_moments=args.moments) for _ in range(sessions)),
@@ -349,46 +424,19 @@ async def run_level(
         first = start_errors[0]
         print(f"  {len(start_errors)} start_session calls failed; first:", flush=True)
         print("".join(traceback.format_exception(first)).rstrip(), flush=True)
-    if len(completed) + len(failed) >= expected_final:
-        all_done.set()
-    if expected_final != sessions:
-        # Wait only for the sessions that did start.
-        async def watch() -> None:
-            while len(completed) + len(failed) < expected_final:
-                await asyncio.sleep(0.05)
-            all_done.set()
-
-        asyncio.create_task(watch())
+    watcher.expect(expected_final)  # wait only for the sessions that did start
 
     timeout = args.timeout if args.timeout else max(120.0, 0.6 * sessions)
-    timed_out = False
-    try:
-        await asyncio.wait_for(all_done.wait(), timeout)
-    except TimeoutError:
-        timed_out = True
+    timed_out = not await watcher.wait(timeout)
     finished = time.perf_counter()
-    stop_probe.set()
-    await probe_task
-
+    await probe.stop()
     if timed_out:
-        idle = finished - last_event_at[0]
-        print(
-            f"  TIMEOUT after {timeout:.0f}s: {len(completed)} completed,"
-            f" {len(failed)} failed of {expected_final};"
-            f" last event {idle:.1f}s ago; {threading.active_count()} threads",
-            flush=True,
-        )
-        phases = collections.Counter(
-            f"{s.get('status')}/{s.get('current_step', s.get('phase', '?'))}"
-            for s in engine.hub.snapshots()
-        )
-        print(f"  live snapshots: {dict(phases.most_common(8))}", flush=True)
-        print("  threads by innermost frame:\n" + thread_summary(), flush=True)
+        watcher.report_stall(engine, timeout)
 
     stats = await engine.persistence_stats(with_samples=True)
     backlog_left = await engine.flush()
     stop_started = time.perf_counter()
-    unsubscribe()
+    watcher.unsubscribe()
     await engine.stop()
     stop_seconds = time.perf_counter() - stop_started
 
@@ -427,19 +475,32 @@ async def run_level(
         "files_ms_per_batch": 1000 * stats["bench_files_seconds"] / batches,
         "db_ms_per_batch": 1000 * stats["bench_db_seconds"] / batches,
         "commit_busy_share": stats["bench_commit_seconds"] / wall if wall > 0 else float("nan"),
-        "loop_lag_p99_ms": percentile(lags, 0.99),
-        "loop_lag_max_ms": max(lags) if lags else float("nan"),
-        "peak_threads": peak_threads[0],
+        "loop_lag_p99_ms": percentile(probe.lags, 0.99),
+        "loop_lag_max_ms": max(probe.lags) if probe.lags else float("nan"),
+        "peak_threads": probe.peak_threads,
         "engine_stop_seconds": stop_seconds,
         "log_counts": dict(capture.counts),
         "log_first": list(capture.first),
     }
 
 
+Level = Callable[
+    [Config, Any, int, argparse.Namespace, LogCapture], Coroutine[Any, Any, dict[str, Any]]
+]
+"""``level(config, store_factory, sessions, args, capture)`` runs one level on a fresh engine."""
+
+
 def run_one(
-    sessions: int, base: Path, args: argparse.Namespace, capture: LogCapture
+    sessions: int,
+    base: Path,
+    args: argparse.Namespace,
+    capture: LogCapture,
+    level: Level | None = None,
 ) -> dict[str, Any]:
-    """Fresh database + engine for one level (the database is started on the main thread)."""
+    """Fresh database + engine for one level (the database is started on the main thread).
+
+    ``level`` is the coroutine that runs it (default :func:`run_level`).
+    """
     out = base / f"sessions_{sessions}"
     if out.exists():
         shutil.rmtree(out)
@@ -456,7 +517,7 @@ def run_one(
     db_seconds = time.perf_counter() - db_started
     try:
         result = asyncio.run(
-            run_level(config, handle.store_factory(config), sessions, args, capture)
+            (level or run_level)(config, handle.store_factory(config), sessions, args, capture)
         )
     finally:
         stop_started = time.perf_counter()
@@ -561,12 +622,7 @@ def main() -> int:
     if not 1 <= args.moments <= 20 or args.chapters < 1 or any(n < 1 for n in levels):
         parser.error("need --moments in 1..20, --chapters >= 1 and sessions >= 1")
 
-    capture = LogCapture()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger().addHandler(capture)
+    capture = capture_logs(args.verbose)
 
     temporary = args.output_dir is None
     base = (
