@@ -210,6 +210,18 @@ class RenewLeases:
 
 
 @dataclass(frozen=True)
+class LeasesRenewed:
+    """The lease keeper's answer: which leases it extended (as asked at ``asked``)."""
+
+    asked: float
+    """``time.monotonic()`` when the renewal was sent: the leases are trusted from there."""
+    renewed: dict[str, int]
+    """Session id -> epoch, extended."""
+    lost: dict[str, int]
+    """Session id -> epoch, held by another instance now."""
+
+
+@dataclass(frozen=True)
 class FlushSummaries:
     """Timer tick: write the session summaries that have come due."""
 
@@ -245,6 +257,7 @@ __all__ = [
     "LeaseGranted",
     "LeaseLost",
     "PauseSession",
+    "LeasesRenewed",
     "RenewLeases",
     "RetryBacklog",
     "SessionFinished",

@@ -23,7 +23,9 @@ and its actor stops without writing anything more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
@@ -43,6 +45,7 @@ from actors.messages import (
     GetPersistenceStats,
     LeaseGranted,
     LeaseLost,
+    LeasesRenewed,
     RenewLeases,
     RetryBacklog,
 )
@@ -187,6 +190,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self._leases: dict[str, _Lease] = {}
         self._fenced: set[str] = set()
         self._lease_timer: threading.Timer | None = None
+        self._keeper: _LeaseKeeper | None = None
         self.stats = PersistenceStats()
         self._pending: list[CheckpointReached | EventsEmitted] = []
         self._backlog: deque[_DatabaseWork] = deque()
@@ -214,6 +218,8 @@ class PersistenceActor(pykka.ThreadingActor):
         for timer in (self._summary_timer, self._lease_timer):
             if timer is not None:
                 timer.cancel()
+        if self._keeper is not None:
+            self._keeper.stop()
         work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         self._release_summaries(work, force=True)
         if work.batch.session_updates:
@@ -264,6 +270,8 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._grant(sid, epoch, granted_at)
             case RenewLeases():
                 self._renew_leases()
+            case LeasesRenewed():
+                self._leases_renewed(message)
             case FlushSummaries():
                 self._commit()
                 self._flush_summaries(force=False)
@@ -542,14 +550,30 @@ class PersistenceActor(pykka.ThreadingActor):
         self._lease_timer.start()
 
     def _renew_leases(self) -> None:
-        """Timer tick: extend every lease we hold (one update per 32 sessions)."""
-        if self._store is not None and self._loop is not None and not self.stats.breaker_open:
-            try:
-                self._loop.run_until_complete(self._renew(dict(self._leases)))
-            except DatabaseUnavailableError as exc:
-                # Not fatal: a lease not renewed in time is checked before the next write.
-                logger.warning("could not renew %d leases: %s", len(self._leases), exc)
+        """Timer tick: hand every lease we hold to the keeper thread to extend.
+
+        Renewing 1,000 leases takes the database about a second: done here it would hold
+        every acknowledgement back that long, so the keeper does it with its own client.
+        """
+        if self.lease_settings is None or self.store_factory is None:
+            return
+        if self._keeper is None:
+            self._keeper = _LeaseKeeper(self.actor_ref, self.store_factory, self.lease_settings)
+            self._keeper.start()
+        if not self._keeper.busy and not self.stats.breaker_open and self._leases:
+            self._keeper.renew({sid: lease.epoch for sid, lease in self._leases.items()})
         self._arm_lease_timer()
+
+    def _leases_renewed(self, answer: LeasesRenewed) -> None:
+        assert self.lease_settings is not None
+        for sid, epoch in answer.renewed.items():
+            lease = self._leases.get(sid)
+            if lease is not None and lease.epoch == epoch:
+                lease.trusted_until = answer.asked + self.lease_settings.trusted_seconds
+        for sid, epoch in answer.lost.items():
+            lease = self._leases.get(sid)
+            if lease is not None and lease.epoch == epoch:
+                self._lose_lease(sid)
 
     async def _renew(self, leases: dict[str, _Lease]) -> None:
         assert self._store is not None and self.lease_settings is not None
@@ -647,6 +671,65 @@ class PersistenceActor(pykka.ThreadingActor):
                 tell_quietly(self.actor_ref, RetryBacklog())
                 return
             delay = min(2.0, delay * 2)
+
+
+class _LeaseKeeper:
+    """Renews leases on its own thread, loop and database client; answers the actor."""
+
+    def __init__(
+        self,
+        actor: pykka.ActorRef[Any],
+        store_factory: Callable[[], SessionStore],
+        settings: LeaseSettings,
+    ) -> None:
+        self._actor = actor
+        self._store_factory = store_factory
+        self._settings = settings
+        self._requests: queue.SimpleQueue[dict[str, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self.busy = False
+        """True from a request until its answer is sent (read on the actor's thread)."""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def renew(self, epochs: dict[str, int]) -> None:
+        self.busy = True
+        self._requests.put(epochs)
+
+    def stop(self) -> None:
+        self._requests.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        store: SessionStore | None = None
+        try:
+            store = loop.run_until_complete(resolve_store(self._store_factory()))
+            while (epochs := self._requests.get()) is not None:
+                asked = time.monotonic()
+                try:
+                    lost = loop.run_until_complete(
+                        store.renew_leases(
+                            epochs, self._settings.owner, self._settings.ttl_seconds
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 - a lease not renewed is checked before writing
+                    logger.warning("could not renew %d leases: %s", len(epochs), exc)
+                    answer = LeasesRenewed(asked, {}, {})
+                else:
+                    answer = LeasesRenewed(
+                        asked,
+                        {sid: e for sid, e in epochs.items() if sid not in lost},
+                        {sid: e for sid, e in epochs.items() if sid in lost},
+                    )
+                self.busy = False
+                tell_quietly(self._actor, answer)
+        finally:
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(store.close())
+            _close_loop(loop)
 
 
 def _drop_sessions(batch: PersistBatch, sessions: set[str]) -> None:
