@@ -445,15 +445,7 @@ class Engine(OperatorCommands):
             self._lease_granted(sid, epoch)  # released by the cancelled status below
         state.status = SessionStatus.CANCELLED
         assert self.persistence is not None, "engine not started"
-        self.persistence.tell(
-            CheckpointReached(
-                session_id=state.session_id,
-                checkpoint=None,
-                session_fields=state.session_fields(),
-                session_file=state.session_file(),
-                new_session=state.session_document() if state.last_sequence_number == 0 else None,
-            )
-        )
+        self.persistence.tell(CheckpointReached.status_of(state))
         await self.flush()
         logger.info("session %s cancelled while %s", sid, "stopped")
         return state.snapshot()
@@ -640,17 +632,7 @@ class Engine(OperatorCommands):
                 # Record it as interrupted (resumable). A session about to resume with a
                 # database record needs no such write: if we crash first, it is still
                 # live there and the next start recovers it again.
-                self.persistence.tell(
-                    CheckpointReached(
-                        session_id=state.session_id,
-                        checkpoint=None,
-                        session_fields=state.session_fields(),
-                        session_file=state.session_file(),
-                        new_session=state.session_document()
-                        if state.last_sequence_number == 0
-                        else None,
-                    )
-                )
+                self.persistence.tell(CheckpointReached.status_of(state))
             recovered.append(sid)
             logger.info(
                 "session %s was interrupted at checkpoint %d (%s)%s",

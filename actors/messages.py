@@ -172,6 +172,18 @@ class CheckpointReached:
     sent_at: float = field(default_factory=time.monotonic)
     """When the session sent it (acknowledgement latency is measured from here)."""
 
+    @classmethod
+    def status_of(cls, state: SessionState) -> CheckpointReached:
+        """A status change without a checkpoint (cancelled, interrupted, paused while
+        queued); a session that never reached its first checkpoint gets its document."""
+        return cls(
+            session_id=state.session_id,
+            checkpoint=None,
+            session_fields=state.session_fields(),
+            session_file=state.session_file(),
+            new_session=state.session_document() if state.last_sequence_number == 0 else None,
+        )
+
 
 @dataclass(frozen=True)
 class EventsEmitted:

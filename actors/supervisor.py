@@ -171,15 +171,7 @@ class SessionSupervisor(pykka.ThreadingActor):
             SessionStatus.PAUSED if message.action == "pause" else SessionStatus.CANCELLED
         )
         self.hub.drop_snapshot(sid)
-        self.persistence.tell(
-            CheckpointReached(
-                session_id=sid,
-                checkpoint=None,
-                session_fields=state.session_fields(),
-                session_file=state.session_file(),
-                new_session=state.session_document() if state.last_sequence_number == 0 else None,
-            )
-        )
+        self.persistence.tell(CheckpointReached.status_of(state))
         self.finished[sid] = state.status
         if reply is not None:
             reply.set_result(state.snapshot())
