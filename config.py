@@ -68,7 +68,7 @@ class PersistenceConfig:
     fsync: bool = True
     embedded_checkpoints: int = 16
     write_checkpoint_files: bool = True
-    session_summary_interval_ms: int = 1000
+    session_summary_interval_ms: int = 10000
     session_summaries_per_second: int = 200
 
 
