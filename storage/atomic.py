@@ -256,9 +256,7 @@ def _write_all(fd: int, payload: bytes) -> None:
 def _discard(temps: Iterable[Path]) -> None:
     for temp in temps:
         try:
-            temp.unlink()
-        except FileNotFoundError:
-            pass  # already renamed into place
+            temp.unlink(missing_ok=True)  # missing: already renamed into place
         except OSError as exc:
             logger.warning("Could not remove temp file %s: %s", temp, exc)
 
