@@ -120,8 +120,8 @@ def _fsync_folder(folder: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:  # some file systems refuse to fsync a folder
+        logger.debug("fsync of folder %s failed: %s", folder, exc)
     finally:
         os.close(fd)
 

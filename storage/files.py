@@ -533,11 +533,11 @@ class FileStore:
         for path in victims:
             try:
                 path.unlink()
-                removed += 1
             except FileNotFoundError:
-                pass
+                continue  # deleted meanwhile: not ours to count
             except OSError as exc:
                 raise StorageError(f"could not delete {path}: {exc}") from exc
+            removed += 1
         images = self.images_dir / sid
         if images.is_symlink():
             images.unlink()

@@ -310,9 +310,9 @@ async def processing_socket(request: web.Request) -> web.StreamResponse:
     try:
         view = await find_session(engine, sid)  # 404 before the upgrade
         await ws.prepare(request)
-        await _follow_session(request, engine, ws, sid, view, after)
-    except ClientNotReadingError:
-        pass
+        # A client that stopped reading was already closed by its writer.
+        with contextlib.suppress(ClientNotReadingError):
+            await _follow_session(request, engine, ws, sid, view, after)
     finally:
         _release(request, ws)
     return ws
