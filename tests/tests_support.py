@@ -5,12 +5,32 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from actors.engine import Engine
 from pipeline.manuscripts import Chapter, Manuscript
+from storage.mongo import open_store
 from storage.records import LogEntry
 
 FINAL = {"completed", "failed", "paused", "cancelled"}
+
+
+def store_maker(backend: str, request: pytest.FixtureRequest) -> Callable[[str], Any]:
+    """``store_maker(backend, request)(name)``: a store factory for database ``name`` that
+    several engines (restarts, instances) share: one in-memory store for mongomock, a new
+    client of the test run's SecantusDB server otherwise."""
+    uri = request.getfixturevalue("embedded_db_uri") if backend == "secantus" else ""
+    made: dict[str, Any] = {}
+
+    def for_database(name: str) -> Any:
+        if backend == "mongomock":
+            made.setdefault(name, open_store("mongodb://unused", name, driver="mongomock"))
+            return lambda: made[name]
+        return lambda: open_store(uri, name)
+
+    return for_database
 
 
 class EventRecorder:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests_support import store_maker
 
 from actors.engine import Engine
 from config import config_from_mapping
 from pipeline.providers import RecordingProviders
-from storage.mongo import open_store
 
 
 @pytest.fixture(params=["mongomock", "secantus"])
@@ -29,17 +29,8 @@ async def make_engine(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[EngineMaker]:
     """Start engines sharing one output folder and one database (a "restart" is a new engine)."""
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    shared = (
-        open_store("mongodb://unused", database, driver="mongomock")
-        if backend == "mongomock"
-        else None
-    )
-    uri = request.getfixturevalue("embedded_db_uri") if backend == "secantus" else ""
+    factory = store_maker(backend, request)(f"t_{uuid.uuid4().hex[:12]}")
     engines: list[Engine] = []
-
-    def factory() -> Any:
-        return shared if shared is not None else open_store(uri, database)
 
     async def make(
         providers: Any = None, *, processing: dict[str, Any] | None = None, **kwargs: Any

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_support import EventRecorder, make_manuscript
+from tests_support import EventRecorder, make_manuscript, store_maker
 
 from actors.engine import Engine
 from actors.persistence import PersistenceActor
@@ -65,21 +66,7 @@ async def start_instance(
 @pytest.fixture
 async def instances(tmp_path: Path, backend: str, request: pytest.FixtureRequest):
     """``await make(name, providers, **engine_kwargs)``: instances sharing everything."""
-    import uuid
-
-    from storage.mongo import open_store
-
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    shared = (
-        open_store("mongodb://unused", database, driver="mongomock")
-        if backend == "mongomock"
-        else None
-    )
-    uri = request.getfixturevalue("embedded_db_uri") if backend == "secantus" else ""
-
-    def factory() -> Any:
-        return shared if shared is not None else open_store(uri, database)
-
+    factory = store_maker(backend, request)(f"t_{uuid.uuid4().hex[:12]}")
     engines: list[Engine] = []
 
     async def make(

@@ -8,8 +8,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_reconcile import PauseAtFive, start_engine, store_maker
-from tests_support import EventRecorder, make_manuscript
+from test_reconcile import PauseAtFive, start_engine
+from tests_support import EventRecorder, make_manuscript, store_maker
 
 from errors import ValidationError
 from pipeline.providers import RecordingProviders

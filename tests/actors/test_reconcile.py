@@ -8,30 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_support import EventRecorder, make_manuscript
+from tests_support import EventRecorder, make_manuscript, store_maker
 
 from actors.engine import Engine
 from actors.messages import CheckpointReached, PauseSession
 from actors.persistence import PersistenceActor
 from config import config_from_mapping
 from pipeline.providers import RecordingProviders
-from storage.mongo import open_store
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def store_maker(backend: str, request: pytest.FixtureRequest) -> Any:
-    """A function giving a store factory for a database name."""
-    uri = request.getfixturevalue("embedded_db_uri") if backend == "secantus" else ""
-    made: dict[str, Any] = {}
-
-    def for_database(name: str) -> Any:
-        if backend == "mongomock":
-            made.setdefault(name, open_store("mongodb://unused", name, driver="mongomock"))
-            return lambda: made[name]
-        return lambda: open_store(uri, name)
-
-    return for_database
 
 
 async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
