@@ -16,6 +16,15 @@ Idempotency, so that callers (the PersistenceActor) may retry any write:
   session document), a second, unguarded ``$set`` of those fields follows: the fields land
   even on a retry, and the compact checkpoints are never pushed twice.
 
+Durability of a batch (``write_batch``): its writes go unjournaled (``w: 1, j: false``),
+then one journaled write follows them all, an ``$inc`` of a mark document. The journal is
+one sequential log: a journaled write returns once the journal is on disk up to it, hence
+with every write acknowledged before it (WiredTiger writes log records in order; MongoDB's
+``j: true`` has the same meaning). The batch is as durable as if every write had been
+journaled, for one journal sync instead of one per update: SecantusDB commits every update
+of a ``bulk_write`` as its own transaction, and with ``j: true`` syncs each one.
+tests/storage/test_group_commit.py kills the database right after batches and finds them.
+
 Transient connection errors are retried with a short backoff and then surface as
 DatabaseUnavailableError; any other driver error surfaces as StorageError.
 """
@@ -30,7 +39,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne, WriteConcern
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from domain import ManuscriptId, SessionId, utcnow
@@ -53,6 +62,10 @@ DRIVERS = ("pymongo", "motor", "mongomock")
 DUPLICATE_KEY = 11000
 MANAGED_SESSION_FIELDS = frozenset({"_id", "checkpoints", "last_sequence_number", "epoch"})
 """Session fields only the store writes; they are dropped from caller ``$set`` updates."""
+_UNJOURNALED = WriteConcern(w=1, j=False)
+"""The write concern of a batch's writes before its journaled mark (see the module doc)."""
+COMMIT_MARKS = "commit_marks"
+"""Collection of the one document whose journaled ``$inc`` ends every batch."""
 _BULK_PROBE_ID = "\x00bulk-write-probe"
 """A session ``_id`` no real session has: the probe's update matches nothing."""
 
@@ -157,6 +170,13 @@ class MongoStore:
         self._logs = self._db["logs"]
         self._images = self._db["images"]
         self._manuscripts = self._db["manuscripts"]
+        self._marks = self._db[COMMIT_MARKS]
+        # The batch's own handles: unjournaled, made durable by the mark (write_batch).
+        unjournaled = partial(self._db.get_collection, write_concern=_UNJOURNALED)
+        self._batch_sessions = unjournaled("sessions")
+        self._batch_checkpoints = unjournaled("checkpoints")
+        self._batch_logs = unjournaled("logs")
+        self._batch_images = unjournaled("images")
         self._attempts = max(1, retry_attempts)
         self._backoff_s = retry_backoff_s
         self._gate = asyncio.Semaphore(max_concurrency)
@@ -409,21 +429,32 @@ class MongoStore:
         if batch.new_sessions:
             documents = [_new_session_document(d) for d in batch.new_sessions]
             await self._call(
-                "create sessions", lambda: self._insert_many_idempotent(self._sessions, documents)
+                "create sessions",
+                lambda: self._insert_many_idempotent(self._batch_sessions, documents),
             )
         # Image records and logs name nothing stored after them: both at once (one round
-        # trip of journaled writes saved per batch), then the checkpoints naming them.
+        # trip saved per batch), then the checkpoints naming them.
         outcomes = await asyncio.gather(
-            self._insert_all(self._images, "store images", batch.images),
-            self._insert_all(self._logs, "store logs", batch.logs),
+            self._insert_all(self._batch_images, "store images", batch.images),
+            self._insert_all(self._batch_logs, "store logs", batch.logs),
             return_exceptions=True,
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        fenced = await self._insert_checkpoints(batch.checkpoints)
-        await self._update_sessions(batch, max(0, embedded_keep))
+        fenced = await self._insert_checkpoints(batch.checkpoints, self._batch_checkpoints)
+        await self._update_sessions(batch, max(0, embedded_keep), self._batch_sessions)
+        if len(batch) or batch.summary_checkpoints:
+            await self._sync_journal()
         return fenced
+
+    async def _sync_journal(self) -> None:
+        """One journaled write after a batch's unjournaled ones: the journal is on disk up
+        to here when it returns, so every write before it is durable too."""
+        await self._call(
+            "sync journal",
+            partial(self._marks.update_one, {"_id": "batch"}, {"$inc": {"n": 1}}, upsert=True),
+        )
 
     async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:
         """Store checkpoints and embed their compact forms (the latest ``embedded_keep``)."""
@@ -570,7 +601,7 @@ class MongoStore:
         if docs:
             await self._call(what, lambda: self._insert_many_idempotent(coll, docs))
 
-    async def _insert_checkpoints(self, checkpoints: list[Checkpoint]) -> set[str]:
+    async def _insert_checkpoints(self, checkpoints: list[Checkpoint], coll: Any) -> set[str]:
         """Insert checkpoints; settle the ones already stored by their lease epoch.
 
         Same epoch: a retry, nothing to do. Older stored epoch: a fenced writer's
@@ -582,7 +613,7 @@ class MongoStore:
             return set()
         docs = [cp.to_document() for cp in checkpoints]
         duplicates = await self._call(
-            "store checkpoints", lambda: self._insert_many_idempotent(self._checkpoints, docs)
+            "store checkpoints", lambda: self._insert_many_idempotent(coll, docs)
         )
         fenced: set[str] = set()
         if not duplicates:
@@ -611,7 +642,7 @@ class MongoStore:
                 )
                 await self._call(
                     "replace fenced checkpoint",
-                    partial(self._checkpoints.replace_one, {"_id": key, "epoch": old}, dict(doc)),
+                    partial(coll.replace_one, {"_id": key, "epoch": old}, dict(doc)),
                 )
         return fenced
 
@@ -639,7 +670,7 @@ class MongoStore:
         except DuplicateKeyError:
             logger.debug("document %s was already stored", doc.get("_id"))
 
-    async def _update_sessions(self, batch: PersistBatch, embedded_keep: int) -> None:
+    async def _update_sessions(self, batch: PersistBatch, embedded_keep: int, coll: Any) -> None:
         by_session: dict[str, list[Checkpoint]] = {}
         summarised = (
             batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
@@ -670,7 +701,7 @@ class MongoStore:
         )
         if not ops:
             return
-        matched = await self._run_updates("update sessions", ops)
+        matched = await self._run_updates("update sessions", ops, coll)
         if matched < len(ops):
             # Some update matched nothing: a retry of an applied batch (the guard refused
             # to push its checkpoints again) or a missing session document. The batch's
@@ -681,19 +712,19 @@ class MongoStore:
                 if fields.get(sid)
             ]
             if again:
-                await self._run_updates("update sessions (retried batch)", again)
+                await self._run_updates("update sessions (retried batch)", again, coll)
 
-    async def _run_updates(self, what: str, ops: list[_Update]) -> int:
+    async def _run_updates(self, what: str, ops: list[_Update], coll: Any) -> int:
         """Apply ops in order, as one bulk_write when the driver can; return matched count."""
         if await self._supports_bulk_updates():
             requests = [UpdateOne(query, update) for query, update in ops]
             result = await self._call(
-                what, lambda: self._sessions.bulk_write(requests, ordered=True)
+                what, lambda: coll.bulk_write(requests, ordered=True)
             )
             return int(result.matched_count)
         matched = 0
         for query, update in ops:
-            result = await self._call(what, partial(self._sessions.update_one, query, update))
+            result = await self._call(what, partial(coll.update_one, query, update))
             matched += int(result.matched_count)
         return matched
 
