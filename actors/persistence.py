@@ -50,9 +50,10 @@ from actors.messages import (
     RetryBacklog,
 )
 from actors.reply import tell_quietly
+from actors.summaries import LEAVING_STATUSES, Summary, SummarySchedule
 from config import PersistenceConfig
 from domain import FORMAT_VERSION
-from errors import DatabaseUnavailableError
+from errors import DatabaseUnavailableError, StorageError
 from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore
@@ -60,6 +61,8 @@ from storage.records import PersistBatch
 
 logger = logging.getLogger(__name__)
 
+SUMMARY_IDLE_SECONDS = 0.5
+"""The summary timer writes due summaries itself only after this long without a batch."""
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 
@@ -130,23 +133,6 @@ class _DatabaseWork:
         return len(self.batch)
 
 
-@dataclass
-class _PendingSummary:
-    """A session document update held back (write-behind) until it is due."""
-
-    fields: dict[str, Any] = field(default_factory=dict)
-    checkpoints: list[Any] = field(default_factory=list)
-    urgent: bool = False
-
-
-URGENT_CHECKPOINTS = frozenset({"session_completed", "session_paused", "error_occurred"})
-LEAVING_STATUSES = frozenset({"completed", "cancelled", "paused", "failed"})
-"""A session in one of these is no longer run by anyone: its lease is released."""
-STOPPED_STATUSES = LEAVING_STATUSES | {"interrupted"}
-"""Summaries announcing one of these are written at once; a session starting or
-resuming (pending, queued, running) is shown live from memory meanwhile."""
-
-
 @dataclass(frozen=True)
 class LeaseSettings:
     """Who we are and how long a lease lasts (processing.instance_id, lease_seconds)."""
@@ -197,10 +183,11 @@ class PersistenceActor(pykka.ThreadingActor):
         self._probe: threading.Thread | None = None
         self._stopping = threading.Event()
         self._log_counts: dict[str, int] = {}
-        self._summaries: dict[str, _PendingSummary] = {}
-        self._summary_written: dict[str, float] = {}
-        self._summary_status: dict[str, Any] = {}
+        self._summaries = SummarySchedule(
+            settings.session_summary_interval_ms / 1000, settings.session_summaries_per_second
+        )
         self._summary_timer: threading.Timer | None = None
+        self._last_commit_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store: SessionStore | None = None
 
@@ -220,10 +207,7 @@ class PersistenceActor(pykka.ThreadingActor):
                 timer.cancel()
         if self._keeper is not None:
             self._keeper.stop()
-        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
-        self._release_summaries(work, force=True)
-        if work.batch.session_updates:
-            self._enqueue(work)
+        self._write_summaries(self._summaries.due(force=True))
         if not self.stats.breaker_open:
             self._drain_backlog()
         if self._backlog:
@@ -274,7 +258,12 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._leases_renewed(message)
             case FlushSummaries():
                 self._commit()
-                self._flush_summaries(force=False)
+                if time.monotonic() - self._last_commit_at >= SUMMARY_IDLE_SECONDS:
+                    # No batch went out lately to carry the due summaries: write them
+                    # here. While batches go out they carry them, and a flush of its own
+                    # would hold their acknowledgements back.
+                    self._flush_summaries(force=False)
+                self._arm_summary_timer()
             case GetPersistenceStats(reply=reply, with_samples=with_samples):
                 reply.set_result(self.stats.as_dict(with_samples))
             case _:
@@ -302,16 +291,24 @@ class PersistenceActor(pykka.ThreadingActor):
         # A fenced session's files are the new owner's now (a shared output folder).
         ours = [m for m in checkpoints if m.session_id not in self._fenced]
 
-        self._queue_database(messages)
+        self._last_commit_at = time.monotonic()
+        summaries = self._queue_database(messages)
+        # Session files: a new session's at once, the others with their summaries.
+        session_files: dict[str, dict[str, Any]] = {
+            m.session_id: m.session_file for m in ours if m.new_session is not None
+        }
+        session_files.update(
+            (sm.session_id, sm.session_file) for sm in summaries if sm.session_file
+        )
         if self.stats.breaker_open or self._loop is None:
             # While the breaker is open only its probe retries the database: the files
             # alone are the durable record and the acknowledgement waits for them only.
-            error = self._write_files(ours)
+            error = self._write_files(ours, session_files)
         else:
             # Files and database are both made durable before the acknowledgement, so
             # they are written at the same time: the files' group fsync on a worker
             # thread while the database batch runs on this actor's loop.
-            error = self._loop.run_until_complete(self._write_both(ours))
+            error = self._loop.run_until_complete(self._write_both(ours, session_files))
         now = time.monotonic()
         for message in checkpoints:
             fenced = message.session_id in self._fenced
@@ -335,31 +332,33 @@ class PersistenceActor(pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 logger.debug("session %s stopped before its ack", message.session_id)
 
-    def _write_files(self, checkpoints: list[CheckpointReached]) -> str | None:
+    def _write_files(
+        self, checkpoints: list[CheckpointReached], session_files: dict[str, Any]
+    ) -> str | None:
+        """Checkpoint files, then the session files summing them up (never ahead of them)."""
         items: list[tuple[Any, dict[str, Any]]] = []
-        latest_file: dict[str, dict[str, Any]] = {}
-        for message in checkpoints:
-            cp = message.checkpoint
-            if cp is not None and self.settings.write_checkpoint_files:
-                items.append(
-                    (self.files.checkpoint_path(cp.session_id, cp.sequence_number), cp.to_json())
-                )
-            latest_file[message.session_id] = message.session_file
-        for session_id, content in latest_file.items():
-            items.append((self.files.session_path(session_id), content))
+        if self.settings.write_checkpoint_files:
+            items.extend(
+                (self.files.checkpoint_path(cp.session_id, cp.sequence_number), cp.to_json())
+                for message in checkpoints
+                if (cp := message.checkpoint) is not None
+            )
+        items.extend(
+            (self.files.session_path(sid), content)
+            for sid, content in session_files.items()
+        )
         if not items:
             return None
         try:
             self.files.write_many(items)
-        except OSError as exc:
+        except (OSError, StorageError) as exc:  # write_many wraps OSError in StorageError
             logger.error("writing %d files failed: %s", len(items), exc)
             return f"{type(exc).__name__}: {exc}"
         self.stats.files_written += len(items)
         return None
 
-    def _queue_database(self, messages: list[CheckpointReached | EventsEmitted]) -> None:
-        if self._store is None:
-            return
+    def _queue_database(self, messages: list[CheckpointReached | EventsEmitted]) -> list[Summary]:
+        """Queue the batch's database work; return the session summaries due with it."""
         work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         for message in messages:
             sid = message.session_id if isinstance(message, CheckpointReached) else None
@@ -373,96 +372,64 @@ class PersistenceActor(pykka.ThreadingActor):
                         work.batch.new_sessions.append(message.new_session)
                     if message.checkpoint is not None:
                         work.batch.checkpoints.append(message.checkpoint)
-                    self._hold_summary(message)
+                    self._summaries.hold(message)
                     work.batch.images.extend(message.images)
                     self._add_events(work, message.events, 0)
                 case EventsEmitted():
                     self._add_events(work, message.entries, message.keep)
-        self._release_summaries(work, force=False)
-        self.stats.events += len(work.batch.logs)
-        self._enqueue(work)
+        summaries = self._summaries.due()
+        self._add_summaries(work, summaries)
+        if self._store is not None:
+            self.stats.events += len(work.batch.logs)
+            self._enqueue(work)
+        self._arm_summary_timer()
+        return summaries
 
-    # -- session summaries (write-behind) --------------------------------------------
+    # -- session summaries (write-behind, actors.summaries) -------------------------------
 
-    def _hold_summary(self, message: CheckpointReached) -> None:
-        """Keep a session document update until it is due (see _release_summaries)."""
-        pending = self._summaries.setdefault(message.session_id, _PendingSummary())
-        pending.fields.update(message.session_fields)
-        cp = message.checkpoint
-        if cp is not None:
-            pending.checkpoints.append(cp)
-        status = message.session_fields.get("status")
-        sid = message.session_id
-        if message.new_session is not None:
-            # The document inserted with this batch carries the summary already.
-            self._summary_status.setdefault(sid, message.new_session.get("status"))
-            self._summary_written.setdefault(sid, time.monotonic())
-        elif cp is None:
-            pending.urgent = True  # a bare status change (cancel, interrupted, failed)
-        if (cp is not None and str(cp.checkpoint_type) in URGENT_CHECKPOINTS) or (
-            status in STOPPED_STATUSES and status != self._summary_status.get(sid)
-        ):
-            pending.urgent = True
-
-    def _release_summaries(self, work: _DatabaseWork, *, force: bool) -> None:
-        """Move due summaries into ``work``: urgent ones, and ones not written for an interval.
-
-        Checkpoint documents are written with every batch, before the acknowledgement;
-        only the session document's summary is throttled. After a crash it may lag its
-        checkpoints, which start-up reconciliation repairs.
-        """
-        now = time.monotonic()
-        interval = self._summary_interval()
-        for session_id, pending in list(self._summaries.items()):
-            due = (
-                force
-                or pending.urgent
-                or now - self._summary_written.get(session_id, 0.0) >= interval
-            )
-            if not due:
-                continue
+    def _add_summaries(self, work: _DatabaseWork, summaries: list[Summary]) -> None:
+        """Put released summaries into ``work``, with the lease epoch each relies on."""
+        for summary in summaries:
+            sid = summary.session_id
             assert work.batch.summary_checkpoints is not None
-            work.batch.summary_checkpoints.extend(pending.checkpoints)
-            work.batch.session_updates[session_id] = pending.fields
-            del self._summaries[session_id]
-            status = pending.fields.get("status")
-            lease = self._leases.get(session_id)
+            work.batch.summary_checkpoints.extend(summary.checkpoints)
+            work.batch.session_updates[sid] = summary.fields
+            lease = self._leases.get(sid)
             if lease is not None:
-                work.batch.session_epochs[session_id] = lease.epoch
-                if status in LEAVING_STATUSES:  # nobody runs it now: release the lease
-                    pending.fields.update(owner=None, lease_until=None)
-                    del self._leases[session_id]
+                work.batch.session_epochs[sid] = lease.epoch
+                if summary.status in LEAVING_STATUSES:  # nobody runs it now: release the lease
+                    summary.fields.update(owner=None, lease_until=None)
+                    del self._leases[sid]
                     self.stats.leases = len(self._leases)
-            if status in LEAVING_STATUSES:
-                self._summary_written.pop(session_id, None)  # the session is leaving
-                self._summary_status.pop(session_id, None)
-            else:
-                self._summary_written[session_id] = now
-                self._summary_status[session_id] = status
-        if self._summaries and (self._summary_timer is None or not self._summary_timer.is_alive()):
-            self._summary_timer = threading.Timer(
-                interval, tell_quietly, args=(self.actor_ref, FlushSummaries())
-            )
-            self._summary_timer.daemon = True
-            self._summary_timer.start()
 
-    def _summary_interval(self) -> float:
-        """Seconds between two summaries of one session: the configured interval, longer
-        when that many live sessions would exceed the summary budget per second (session
-        document updates are what the database does slowest; checkpoints are inserts)."""
-        interval = self.settings.session_summary_interval_ms / 1000
-        budget = self.settings.session_summaries_per_second
-        if budget > 0:
-            interval = max(interval, len(self._summary_written) / budget)
-        return interval
+    def _write_summaries(self, summaries: list[Summary]) -> None:
+        """Write released summaries outside a batch (timer, flush, shutdown)."""
+        if not summaries:
+            return
+        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
+        self._add_summaries(work, summaries)
+        files = {sm.session_id: sm.session_file for sm in summaries if sm.session_file}
+        self._write_files([], files)
+        if self._store is not None:
+            self._enqueue(work)
+
+    def _arm_summary_timer(self) -> None:
+        """Make sure held summaries are written when no batch goes out to carry them."""
+        if not len(self._summaries):
+            return
+        if self._summary_timer is not None and self._summary_timer.is_alive():
+            return
+        delay = 1.0 if self._summaries.waiting() else self._summaries.interval()
+        self._summary_timer = threading.Timer(
+            max(delay, SUMMARY_IDLE_SECONDS), tell_quietly, args=(self.actor_ref, FlushSummaries())
+        )
+        self._summary_timer.daemon = True
+        self._summary_timer.start()
 
     def _flush_summaries(self, *, force: bool) -> None:
-        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
-        self._release_summaries(work, force=force)
-        if work.batch.session_updates:
-            self._enqueue(work)
-            if force or not self.stats.breaker_open:
-                self._drain_backlog()
+        self._write_summaries(self._summaries.due(force=force))
+        if self._backlog and (force or not self.stats.breaker_open):
+            self._drain_backlog()
 
     def _enqueue(self, work: _DatabaseWork) -> None:
         """Queue database work; the stats show it at once (also while the breaker is open)."""
@@ -481,9 +448,11 @@ class PersistenceActor(pykka.ThreadingActor):
             work.prune[session_id] = keep
             self._log_counts[session_id] = keep
 
-    async def _write_both(self, checkpoints: list[CheckpointReached]) -> str | None:
+    async def _write_both(
+        self, checkpoints: list[CheckpointReached], session_files: dict[str, Any]
+    ) -> str | None:
         error, _ = await asyncio.gather(
-            asyncio.to_thread(self._write_files, checkpoints), self._drain_async()
+            asyncio.to_thread(self._write_files, checkpoints, session_files), self._drain_async()
         )
         return error
 
@@ -634,7 +603,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if session_id in self._fenced:
             return
         self._fenced.add(session_id)
-        self._summaries.pop(session_id, None)
+        self._summaries.drop(session_id)
         self.stats.leases = len(self._leases)
         self.stats.fenced_sessions += 1
         logger.warning(

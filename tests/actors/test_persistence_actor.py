@@ -130,3 +130,81 @@ def test_session_summaries_are_capped_per_second_and_flushed_later(tmp_path: Pat
     # (acknowledged) before the summary, which a flush (or the timer, or shutdown) writes.
     at_ack, flushed = _summaries_written_at_once(tmp_path / "capped", budget=1)
     assert at_ack == [0] * 20 and flushed == [2] * 20
+
+
+def _send(
+    persistence: pykka.ActorRef[Any],
+    sid: SessionId,
+    seq: int,
+    kind: CheckpointType,
+    status: str = "running",
+) -> str | None:
+    """One checkpoint with its session file; the acknowledgement's outcome."""
+    cp = Checkpoint(sid, seq, kind, ProcessingStep.ANALYZING_CHAPTERS, 1, "next", seq)
+    ack = Reply.for_thread()
+    persistence.tell(
+        CheckpointReached(
+            sid,
+            cp,
+            {"status": status, "progress_percent": seq},
+            {"session_id": sid, "status": status, "last_sequence_number": seq},
+            new_session={"_id": sid, "session_id": sid, "status": status} if seq == 1 else None,
+            ack=ack,
+        )
+    )
+    return ack.result(10)
+
+
+def test_the_session_file_is_written_behind_its_checkpoints_and_at_once_on_a_stop(
+    tmp_path: Path,
+) -> None:
+    files = FileStore(tmp_path)
+    files.ensure_layout()
+    settings = PersistenceConfig(session_summary_interval_ms=60_000)
+    persistence = PersistenceActor.start(files, None, settings)
+    paused, stopped = SessionId(new_id()), SessionId(new_id())
+    try:
+        for sid in (paused, stopped):
+            assert _send(persistence, sid, 1, CheckpointType.SESSION_START) is None
+            session_file = files.load_session_file(sid)
+            assert session_file is not None and session_file["last_sequence_number"] == 1
+            assert _send(persistence, sid, 2, CheckpointType.MANUSCRIPT_LOADED) is None
+            assert _send(persistence, sid, 3, CheckpointType.CHAPTER_START) is None
+            assert [cp.sequence_number for cp in files.load_checkpoints(sid)] == [1, 2, 3]
+            # Behind its checkpoints (not rewritten with each one), never ahead of them.
+            assert files.load_session_file(sid)["last_sequence_number"] == 1
+        assert _send(persistence, paused, 4, CheckpointType.SESSION_PAUSED, "paused") is None
+        assert files.load_session_file(paused)["status"] == "paused"
+        assert files.load_session_file(paused)["last_sequence_number"] == 4
+    finally:
+        persistence.stop()
+    # Stopping writes what is held.
+    assert files.load_session_file(stopped)["last_sequence_number"] == 3
+
+
+def test_a_failed_file_write_is_reported_in_the_ack_and_the_writer_lives_on(
+    tmp_path: Path,
+) -> None:
+    from errors import StorageError
+
+    class FailingFiles(FileStore):
+        fail = True
+
+        def write_many(self, items: list[tuple[Path, dict[str, Any]]]) -> None:
+            if self.fail:
+                raise StorageError("group commit of 2 files failed: [Errno 28] No space left")
+            super().write_many(items)
+
+    files = FailingFiles(tmp_path)
+    files.ensure_layout()
+    persistence = PersistenceActor.start(files, None, PersistenceConfig())
+    sid = SessionId(new_id())
+    try:
+        outcome = _send(persistence, sid, 1, CheckpointType.SESSION_START)
+        assert outcome is not None and "No space left" in outcome
+        assert files.load_checkpoints(sid) == []
+        FailingFiles.fail = False
+        assert _send(persistence, sid, 1, CheckpointType.SESSION_START) is None
+        assert [cp.sequence_number for cp in files.load_checkpoints(sid)] == [1]
+    finally:
+        persistence.stop()
