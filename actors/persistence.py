@@ -291,7 +291,6 @@ class PersistenceActor(pykka.ThreadingActor):
         # A fenced session's files are the new owner's now (a shared output folder).
         ours = [m for m in checkpoints if m.session_id not in self._fenced]
 
-        self._last_commit_at = time.monotonic()
         summaries = self._queue_database(messages)
         # Session files: a new session's at once, the others with their summaries.
         session_files: dict[str, dict[str, Any]] = {
@@ -309,7 +308,7 @@ class PersistenceActor(pykka.ThreadingActor):
             # they are written at the same time: the files' group fsync on a worker
             # thread while the database batch runs on this actor's loop.
             error = self._loop.run_until_complete(self._write_both(ours, session_files))
-        now = time.monotonic()
+        now = self._last_commit_at = time.monotonic()
         for message in checkpoints:
             fenced = message.session_id in self._fenced
             outcome = (

@@ -236,22 +236,26 @@ class TimedPersistenceActor(CountingPersistenceActor):
             self._batch = None
             self._db_ops = outer
 
-    async def _write_both(self, checkpoints: list[CheckpointReached]) -> str | None:
+    async def _write_both(
+        self, checkpoints: list[CheckpointReached], session_files: dict[str, Any]
+    ) -> str | None:
         if self._batch is not None:
             self._batch.io_start = time.monotonic()
         try:
-            return await super()._write_both(checkpoints)
+            return await super()._write_both(checkpoints, session_files)
         finally:
             if self._batch is not None:
                 self._batch.io_end = time.monotonic()
 
-    def _write_files(self, checkpoints: list[CheckpointReached]) -> str | None:
+    def _write_files(
+        self, checkpoints: list[CheckpointReached], session_files: dict[str, Any]
+    ) -> str | None:
         batch = self._batch
         written = self.stats.files_written
         _FILE_PHASES.phases = {}
         started = time.monotonic()
         try:
-            return super()._write_files(checkpoints)
+            return super()._write_files(checkpoints, session_files)
         finally:
             phases, _FILE_PHASES.phases = _FILE_PHASES.phases, None
             if batch is not None:

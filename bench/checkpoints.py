@@ -183,10 +183,12 @@ class CountingPersistenceActor(PersistenceActor):
         super()._commit()
         self.bench["bench_commit_seconds"] += time.perf_counter() - started
 
-    def _write_files(self, checkpoints: list[CheckpointReached]) -> str | None:
+    def _write_files(
+        self, checkpoints: list[CheckpointReached], session_files: dict[str, Any]
+    ) -> str | None:
         started = time.perf_counter()
         try:
-            return super()._write_files(checkpoints)
+            return super()._write_files(checkpoints, session_files)
         finally:
             self.bench["bench_files_seconds"] += time.perf_counter() - started
 
