@@ -16,13 +16,14 @@ Idempotency, so that callers (the PersistenceActor) may retry any write:
   session document), a second, unguarded ``$set`` of those fields follows: the fields land
   even on a retry, and the compact checkpoints are never pushed twice.
 
-Durability of a batch (``write_batch``): its writes go unjournaled (``w: 1, j: false``),
-then one journaled write follows them all, an ``$inc`` of a mark document. The journal is
-one sequential log: a journaled write returns once the journal is on disk up to it, hence
-with every write acknowledged before it (WiredTiger writes log records in order; MongoDB's
-``j: true`` has the same meaning). The batch is as durable as if every write had been
-journaled, for one journal sync instead of one per update: SecantusDB commits every update
-of a ``bulk_write`` as its own transaction, and with ``j: true`` syncs each one.
+Durability of a batch (``write_batch``): its writes go unjournaled (``w: 1, j: false``)
+except the last, which is journaled: the checkpoints' insert, or, when session documents
+are updated, an ``$inc`` of a mark document after them. The journal is one sequential log:
+a journaled write returns once the journal is on disk up to it, hence with every write
+acknowledged before it (WiredTiger writes log records in order; MongoDB's ``j: true`` has
+the same meaning). The batch is as durable as if every write had been journaled, for one
+journal sync instead of one per update: SecantusDB commits every update of a
+``bulk_write`` as its own transaction, and with ``j: true`` syncs each one.
 tests/storage/test_group_commit.py kills the database right after batches and finds them.
 
 Transient connection errors are retried with a short backoff and then surface as
@@ -303,7 +304,6 @@ class MongoStore:
             )
         await self._call("delete session", lambda: self._sessions.delete_one({"_id": session_id}))
 
-
     # -- leases (storage.leases) ---------------------------------------------------------
 
     async def acquire_leases(
@@ -426,25 +426,45 @@ class MongoStore:
         copies only missing checkpoints, with their images), and a session document never
         names a checkpoint or counter whose records are missing.
         """
+        # The last stage that writes goes journaled (see the module doc), unless it is the
+        # session updates: SecantusDB syncs every update of a journaled bulk_write on its
+        # own, so a journaled mark follows them instead.
+        summaries = bool(batch.session_updates or batch.summary_checkpoints)
+        records = bool(batch.images or batch.logs)
+        journaled = (
+            "mark"
+            if summaries
+            else "checkpoints"
+            if batch.checkpoints
+            else "records"
+            if records
+            else "sessions"
+        )
         if batch.new_sessions:
             documents = [_new_session_document(d) for d in batch.new_sessions]
+            coll = self._sessions if journaled == "sessions" else self._batch_sessions
             await self._call(
-                "create sessions",
-                lambda: self._insert_many_idempotent(self._batch_sessions, documents),
+                "create sessions", lambda: self._insert_many_idempotent(coll, documents)
             )
         # Image records and logs name nothing stored after them: both at once (one round
         # trip saved per batch), then the checkpoints naming them.
+        last = journaled == "records"
         outcomes = await asyncio.gather(
-            self._insert_all(self._batch_images, "store images", batch.images),
-            self._insert_all(self._batch_logs, "store logs", batch.logs),
+            self._insert_all(
+                self._images if last else self._batch_images, "store images", batch.images
+            ),
+            self._insert_all(self._logs if last else self._batch_logs, "store logs", batch.logs),
             return_exceptions=True,
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        fenced = await self._insert_checkpoints(batch.checkpoints, self._batch_checkpoints)
-        await self._update_sessions(batch, max(0, embedded_keep), self._batch_sessions)
-        if len(batch) or batch.summary_checkpoints:
+        fenced = await self._insert_checkpoints(
+            batch.checkpoints,
+            self._checkpoints if journaled == "checkpoints" else self._batch_checkpoints,
+        )
+        if summaries:
+            await self._update_sessions(batch, max(0, embedded_keep), self._batch_sessions)
             await self._sync_journal()
         return fenced
 
@@ -718,9 +738,7 @@ class MongoStore:
         """Apply ops in order, as one bulk_write when the driver can; return matched count."""
         if await self._supports_bulk_updates():
             requests = [UpdateOne(query, update) for query, update in ops]
-            result = await self._call(
-                what, lambda: coll.bulk_write(requests, ordered=True)
-            )
+            result = await self._call(what, lambda: coll.bulk_write(requests, ordered=True))
             return int(result.matched_count)
         matched = 0
         for query, update in ops:
