@@ -429,7 +429,10 @@ class MongoStore:
         # The last stage that writes goes journaled (see the module doc), unless it is the
         # session updates: SecantusDB syncs every update of a journaled bulk_write on its
         # own, so a journaled mark follows them instead.
-        summaries = bool(batch.session_updates or batch.summary_checkpoints)
+        embedded = (
+            batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
+        )
+        summaries = bool(batch.session_updates or embedded)
         records = bool(batch.images or batch.logs)
         journaled = (
             "mark"

@@ -66,6 +66,8 @@ def batch_number(n: int, sessions: list[SessionId], summaries: bool = True) -> P
         session_updates={sid: {"status": "running", "progress_percent": n} for sid in sessions}
         if summaries
         else {},
+        # None: the batch's checkpoints are embedded in their session documents (an update).
+        summary_checkpoints=None if summaries else [],
     )
 
 
