@@ -23,19 +23,18 @@ and its actor stops without writing anything more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
+from actors.lease_keeper import HeldLease, LeaseKeeper, LeaseSettings, close_loop
 from actors.messages import (
     CheckpointPersisted,
     CheckpointReached,
@@ -49,6 +48,7 @@ from actors.messages import (
     RenewLeases,
     RetryBacklog,
 )
+from actors.persistence_stats import LATENCY_BUCKETS_MS, PersistenceStats
 from actors.reply import tell_quietly
 from actors.summaries import LEAVING_STATUSES, Summary, SummarySchedule
 from config import PersistenceConfig
@@ -63,63 +63,6 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_IDLE_SECONDS = 0.5
 """The summary timer writes due summaries itself only after this long without a batch."""
-LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
-
-
-@dataclass
-class PersistenceStats:
-    """Counters the actor keeps (read through GetPersistenceStats)."""
-
-    batches: int = 0
-    checkpoints: int = 0
-    events: int = 0
-    files_written: int = 0
-    db_batches: int = 0
-    db_failures: int = 0
-    backlog_batches: int = 0
-    backlog_records: int = 0
-    breaker_open: bool = False
-    leases: int = 0
-    fenced_sessions: int = 0
-    largest_batch: int = 0
-    ack_latency_counts: list[int] = field(
-        default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1)
-    )
-    ack_latency_sum_ms: float = 0.0
-    ack_latency_samples: deque[float] = field(default_factory=lambda: deque(maxlen=20000))
-    batch_size_counts: dict[int, int] = field(default_factory=dict)
-
-    def observe_ack(self, latency_ms: float) -> None:
-        """Record one acknowledgement latency."""
-        index = next(
-            (i for i, b in enumerate(LATENCY_BUCKETS_MS) if latency_ms <= b),
-            len(LATENCY_BUCKETS_MS),
-        )
-        self.ack_latency_counts[index] += 1
-        self.ack_latency_sum_ms += latency_ms
-        self.ack_latency_samples.append(latency_ms)
-
-    def as_dict(self, with_samples: bool = False) -> dict[str, Any]:
-        """A JSON-safe copy (the raw latency samples only on request: they are large)."""
-        return {
-            "batches": self.batches,
-            "checkpoints": self.checkpoints,
-            "events": self.events,
-            "files_written": self.files_written,
-            "db_batches": self.db_batches,
-            "db_failures": self.db_failures,
-            "backlog_batches": self.backlog_batches,
-            "backlog_records": self.backlog_records,
-            "breaker_open": self.breaker_open,
-            "leases": self.leases,
-            "fenced_sessions": self.fenced_sessions,
-            "largest_batch": self.largest_batch,
-            "ack_latency_buckets_ms": list(LATENCY_BUCKETS_MS),
-            "ack_latency_counts": list(self.ack_latency_counts),
-            "ack_latency_sum_ms": self.ack_latency_sum_ms,
-            "ack_latency_samples_ms": list(self.ack_latency_samples) if with_samples else [],
-            "batch_size_counts": dict(self.batch_size_counts),
-        }
 
 
 @dataclass
@@ -131,31 +74,6 @@ class _DatabaseWork:
 
     def __len__(self) -> int:
         return len(self.batch)
-
-
-@dataclass(frozen=True)
-class LeaseSettings:
-    """Who we are and how long a lease lasts (processing.instance_id, lease_seconds)."""
-
-    owner: str
-    ttl_seconds: float
-
-    @property
-    def trusted_seconds(self) -> float:
-        """How long after a grant or renewal we write without asking the database."""
-        return self.ttl_seconds * 2 / 3
-
-    @property
-    def renew_seconds(self) -> float:
-        """Renewal period."""
-        return self.ttl_seconds / 3
-
-
-@dataclass
-class _Lease:
-    epoch: int
-    trusted_until: float
-    reply_to: Any = None
 
 
 class PersistenceActor(pykka.ThreadingActor):
@@ -173,10 +91,10 @@ class PersistenceActor(pykka.ThreadingActor):
         self.store_factory = store_factory
         self.settings = settings
         self.lease_settings = leases
-        self._leases: dict[str, _Lease] = {}
+        self._leases: dict[str, HeldLease] = {}
         self._fenced: set[str] = set()
         self._lease_timer: threading.Timer | None = None
-        self._keeper: _LeaseKeeper | None = None
+        self._keeper: LeaseKeeper | None = None
         self.stats = PersistenceStats()
         self._pending: list[CheckpointReached | EventsEmitted] = []
         self._backlog: deque[_DatabaseWork] = deque()
@@ -223,7 +141,7 @@ class PersistenceActor(pykka.ThreadingActor):
             except Exception:  # noqa: BLE001 - closing a dead client must not block shutdown
                 logger.debug("closing the store failed", exc_info=True)
         if self._loop is not None:
-            _close_loop(self._loop)
+            close_loop(self._loop)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         logger.error(
@@ -343,8 +261,7 @@ class PersistenceActor(pykka.ThreadingActor):
                 if (cp := message.checkpoint) is not None
             )
         items.extend(
-            (self.files.session_path(sid), content)
-            for sid, content in session_files.items()
+            (self.files.session_path(sid), content) for sid, content in session_files.items()
         )
         if not items:
             return None
@@ -500,7 +417,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if self.lease_settings is None:
             return
         self._fenced.discard(session_id)
-        self._leases[session_id] = _Lease(
+        self._leases[session_id] = HeldLease(
             epoch=epoch, trusted_until=granted_at + self.lease_settings.trusted_seconds
         )
         self.stats.leases = len(self._leases)
@@ -526,7 +443,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if self.lease_settings is None or self.store_factory is None:
             return
         if self._keeper is None:
-            self._keeper = _LeaseKeeper(self.actor_ref, self.store_factory, self.lease_settings)
+            self._keeper = LeaseKeeper(self.actor_ref, self.store_factory, self.lease_settings)
             self._keeper.start()
         if not self._keeper.busy and not self.stats.breaker_open and self._leases:
             self._keeper.renew({sid: lease.epoch for sid, lease in self._leases.items()})
@@ -543,7 +460,7 @@ class PersistenceActor(pykka.ThreadingActor):
             if lease is not None and lease.epoch == epoch:
                 self._lose_lease(sid)
 
-    async def _renew(self, leases: dict[str, _Lease]) -> None:
+    async def _renew(self, leases: dict[str, HeldLease]) -> None:
         assert self._store is not None and self.lease_settings is not None
         if not leases:
             return
@@ -565,7 +482,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if not self._leases or self._loop is None or self.stats.breaker_open:
             return
         now = time.monotonic()
-        doubtful: dict[str, _Lease] = {
+        doubtful: dict[str, HeldLease] = {
             m.session_id: lease
             for m in checkpoints
             if (lease := self._leases.get(m.session_id)) is not None and lease.trusted_until < now
@@ -641,65 +558,6 @@ class PersistenceActor(pykka.ThreadingActor):
             delay = min(2.0, delay * 2)
 
 
-class _LeaseKeeper:
-    """Renews leases on its own thread, loop and database client; answers the actor."""
-
-    def __init__(
-        self,
-        actor: pykka.ActorRef[Any],
-        store_factory: Callable[[], SessionStore],
-        settings: LeaseSettings,
-    ) -> None:
-        self._actor = actor
-        self._store_factory = store_factory
-        self._settings = settings
-        self._requests: queue.SimpleQueue[dict[str, int] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-        self.busy = False
-        """True from a request until its answer is sent (read on the actor's thread)."""
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def renew(self, epochs: dict[str, int]) -> None:
-        self.busy = True
-        self._requests.put(epochs)
-
-    def stop(self) -> None:
-        self._requests.put(None)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        store: SessionStore | None = None
-        try:
-            store = loop.run_until_complete(resolve_store(self._store_factory()))
-            while (epochs := self._requests.get()) is not None:
-                asked = time.monotonic()
-                try:
-                    lost = loop.run_until_complete(
-                        store.renew_leases(
-                            epochs, self._settings.owner, self._settings.ttl_seconds
-                        )
-                    )
-                except Exception as exc:  # noqa: BLE001 - a lease not renewed is checked before writing
-                    logger.warning("could not renew %d leases: %s", len(epochs), exc)
-                    answer = LeasesRenewed(asked, {}, {})
-                else:
-                    answer = LeasesRenewed(
-                        asked,
-                        {sid: e for sid, e in epochs.items() if sid not in lost},
-                        {sid: e for sid, e in epochs.items() if sid in lost},
-                    )
-                self.busy = False
-                tell_quietly(self._actor, answer)
-        finally:
-            if store is not None:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(store.close())
-            _close_loop(loop)
-
-
 def _drop_sessions(batch: PersistBatch, sessions: set[str]) -> None:
     """Remove the records of ``sessions`` from ``batch`` (fenced writers)."""
     batch.checkpoints = [cp for cp in batch.checkpoints if cp.session_id not in sessions]
@@ -719,20 +577,6 @@ def _accepts_connections(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Close a private loop as ``asyncio.run`` does: cancel and drain what the driver left."""
-    try:
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        loop.close()
 
 
 __all__ = [
