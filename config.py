@@ -69,7 +69,7 @@ class PersistenceConfig:
     embedded_checkpoints: int = 16
     write_checkpoint_files: bool = True
     session_summary_interval_ms: int = 10000
-    session_summaries_per_second: int = 100
+    session_summaries_per_second: int = 50
 
 
 @dataclass(frozen=True)
