@@ -70,6 +70,9 @@ logger = logging.getLogger(__name__)
 
 LIVE_STATUSES = ("pending", "queued", "running")
 RECOVERY_CONCURRENCY = 32
+RECOVERY_CHUNKS_IN_FLIGHT = 2
+"""Chunks of RECOVERY_CONCURRENCY sessions recovered at once: the database reads of one
+overlap the actor starts of the other (the engine and the database share the CPUs)."""
 
 Records = tuple[dict[str, Any] | None, list[Checkpoint]]
 """A session's document and checkpoints as one store (files or database) holds them."""
@@ -461,18 +464,20 @@ class Engine(OperatorCommands):
         session_id: str,
         files: Records | None = None,
         database: Records | None | object = _READ,
+        stored_event_seq: int | None = None,
     ) -> SessionState:
         """Rebuild a session's state from the newest durable record (database or files).
 
         ``files`` and ``database`` pass the session's records when a scan or a batched
-        query already read them (``database=None``: it has no database document).
+        query already read them (``database=None``: it has no database document);
+        ``stored_event_seq`` the highest event number of its stored log entries, likewise.
         """
         sid = valid_session_id(session_id)
         document, checkpoints = await self._load_records(sid, files, database)
         state = SessionState.rebuild(document, checkpoints)
-        state.last_event_seq = max(
-            state.last_event_seq, await self._max_stored_event_seq(sid, state.last_event_seq)
-        )
+        if stored_event_seq is None:
+            stored_event_seq = await self._max_stored_event_seq(sid, state.last_event_seq)
+        state.last_event_seq = max(state.last_event_seq, stored_event_seq)
         return state
 
     async def _load_records(
@@ -601,7 +606,9 @@ class Engine(OperatorCommands):
                 manuscripts[mid] = asyncio.ensure_future(self.load_manuscript(mid))
             return await manuscripts[mid]
 
-        async def recover_one(sid: str, epoch: int | None, database: Any) -> None:
+        async def recover_one(
+            sid: str, epoch: int | None, database: Any, event_seq: int | None
+        ) -> None:
             try:
                 if takeover and self.store is not None:
                     # Its dead owner may have made checkpoint files durable that never
@@ -613,13 +620,13 @@ class Engine(OperatorCommands):
                         SessionId(sid),
                         embedded_keep=self.config.persistence.embedded_checkpoints,
                     )
-                    database = _READ
+                    database, event_seq = _READ, None
                 # The scan already read every file: no per-session directory listing.
                 key = SessionId(sid)
                 files = (
                     None if takeover else (scan.sessions.get(key), scan.checkpoints.get(key, []))
                 )
-                state = await self.load_state(sid, files, database)
+                state = await self.load_state(sid, files, database, event_seq)
             except NotFoundError:
                 return
             if state.phase == Phase.DONE:
@@ -653,30 +660,45 @@ class Engine(OperatorCommands):
                     self._lease_granted(sid, epoch)
                 await self._submit(state, manuscript, resumed=True)
 
-        ordered = sorted(sid for sid in candidates if not self._is_live_here(sid))
-        for start in range(0, len(ordered), RECOVERY_CONCURRENCY):
-            # Leases and records of a whole chunk in a few queries, then the sessions'
-            # own reads overlap; the driver's pool stays unstarved.
-            chunk = [
-                sid
-                for sid in ordered[start : start + RECOVERY_CONCURRENCY]
-                if not self._is_live_here(sid)
-            ]
-            self._starting.update(chunk)
-            try:
-                outcome = await self._acquire(chunk, known)
-                for refused, holder in outcome.refused.items():
-                    logger.debug("session %s is %s; not recovered here", refused, holder.describe())
-                mine = [sid for sid in chunk if sid not in outcome.refused]
-                records = await self._database_records(mine)
-                await asyncio.gather(
-                    *(
-                        recover_one(sid, outcome.granted.get(sid), records.get(sid, _READ))
-                        for sid in mine
+        in_flight = asyncio.Semaphore(RECOVERY_CHUNKS_IN_FLIGHT)
+
+        async def recover_chunk(slice_: list[str]) -> None:
+            async with in_flight:
+                chunk = [sid for sid in slice_ if not self._is_live_here(sid)]
+                self._starting.update(chunk)
+                try:
+                    # Leases first; then, under them, the records and last event numbers
+                    # of the whole chunk in a few queries; the driver's pool stays unstarved.
+                    outcome = await self._acquire(chunk, known)
+                    for refused, holder in outcome.refused.items():
+                        logger.debug(
+                            "session %s is %s; not recovered here", refused, holder.describe()
+                        )
+                    mine = [sid for sid in chunk if sid not in outcome.refused]
+                    records, event_seqs = await asyncio.gather(
+                        self._database_records(mine), self._stored_event_seqs(mine)
                     )
-                )
-            finally:
-                self._starting.difference_update(chunk)
+                    await asyncio.gather(
+                        *(
+                            recover_one(
+                                sid,
+                                outcome.granted.get(sid),
+                                records.get(sid, _READ),
+                                None if event_seqs is None else event_seqs.get(sid, 0),
+                            )
+                            for sid in mine
+                        )
+                    )
+                finally:
+                    self._starting.difference_update(chunk)
+
+        ordered = sorted(sid for sid in candidates if not self._is_live_here(sid))
+        await asyncio.gather(
+            *(
+                recover_chunk(ordered[start : start + RECOVERY_CONCURRENCY])
+                for start in range(0, len(ordered), RECOVERY_CONCURRENCY)
+            )
+        )
         return recovered
 
     def _is_live_here(self, sid: str) -> bool:
@@ -691,6 +713,16 @@ class Engine(OperatorCommands):
         except DatabaseUnavailableError:
             return {}
         return {sid: found.get(sid) for sid in ids}
+
+    async def _stored_event_seqs(self, ids: list[str]) -> dict[str, int] | None:
+        """Highest stored event number of each of ``ids`` (absent: no entries); None if
+        unreachable (each session then asks on its own)."""
+        if self.store is None or not ids:
+            return {}
+        try:
+            return await self.store.last_event_seqs(ids)
+        except DatabaseUnavailableError:
+            return None
 
     def watch_leases(self) -> None:
         """Take over, every half lease, the sessions of instances that died (a server's job)."""

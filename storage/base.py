@@ -104,6 +104,9 @@ class SessionStore(Protocol):
     ) -> list[LogEntry]:
         """Entries with event_seq greater than ``after_event_seq``, in order."""
 
+    async def last_event_seqs(self, session_ids: list[str]) -> dict[str, int]:
+        """The highest stored event_seq of each of ``session_ids`` that has entries."""
+
     async def prune_logs(self, session_id: SessionId, keep: int) -> None:
         """Delete all but the newest ``keep`` entries of a session."""
 

