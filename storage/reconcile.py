@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from domain import SessionId, utcnow
@@ -29,6 +30,29 @@ SessionDescriber = Callable[
     [dict[str, Any], list[Checkpoint]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
 ]
 """``(base document, checkpoints) -> (session $set fields, session file, full new document)``."""
+
+
+@dataclass
+class _Writes:
+    """What leveling some sessions writes: one database batch, one group of files."""
+
+    batch: PersistBatch = field(default_factory=PersistBatch)
+    files: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, batch: PersistBatch) -> None:
+        self.batch.checkpoints += batch.checkpoints
+        self.batch.session_updates.update(batch.session_updates)
+        self.batch.images += batch.images
+        self.batch.summary_checkpoints = [
+            *(self.batch.summary_checkpoints or []),
+            *(batch.summary_checkpoints or []),
+        ]
+
+    async def apply(self, store: SessionStore, files: FileStore, embedded_keep: int) -> None:
+        if self.batch.session_updates:
+            await store.write_batch(self.batch, embedded_keep)
+        if self.files:
+            await asyncio.to_thread(files.write_many, self.files)
 
 
 @dataclass
@@ -80,6 +104,7 @@ async def reconcile(
         stored = await store.get_sessions_for_resume(
             [sid for sid in chunk if sid in db_documents]
         )
+        writes = _Writes()  # one database batch and one file group per chunk
         for sid in chunk:
             key = SessionId(sid)
             report.sessions_checked += 1
@@ -93,8 +118,9 @@ async def reconcile(
                 db_document=db_documents.get(sid),
                 db_checkpoints=stored[sid][1] if sid in stored else None,
                 report=report,
-                embedded_keep=embedded_keep,
+                writes=writes,
             )
+        await writes.apply(store, files, embedded_keep)
     return report
 
 
@@ -109,6 +135,7 @@ async def reconcile_session(
     """Level one session (e.g. one taken over from a dead instance on a shared folder,
     whose last checkpoint files may not have reached the database)."""
     report = ReconcileReport(sessions_checked=1)
+    writes = _Writes()
     file_document = await asyncio.to_thread(files.load_session_file, sid)
     file_checkpoints = await asyncio.to_thread(files.load_checkpoints, sid)
     await _reconcile_session(
@@ -120,8 +147,9 @@ async def reconcile_session(
         file_checkpoints=file_checkpoints,
         db_document=await store.get_session(sid),
         report=report,
-        embedded_keep=embedded_keep,
+        writes=writes,
     )
+    await writes.apply(store, files, embedded_keep)
     return report
 
 
@@ -135,9 +163,11 @@ async def _reconcile_session(
     file_checkpoints: list[Checkpoint],
     db_document: dict[str, Any] | None,
     report: ReconcileReport,
-    embedded_keep: int,
+    writes: _Writes,
     db_checkpoints: list[Checkpoint] | None = None,
 ) -> None:
+    """Decide how to level one session; its writes go into ``writes`` (the caller applies
+    them), except a missing session document, which is created at once."""
     if db_checkpoints is None:
         db_checkpoints = await store.list_checkpoints(sid) if db_document is not None else []
     in_files = {cp.sequence_number: cp for cp in file_checkpoints}
@@ -190,14 +220,13 @@ async def _reconcile_session(
             for cp in missing_in_db
             if "image" in cp.checkpoint_data
         ]
-        await store.write_batch(
+        writes.add(
             PersistBatch(
                 checkpoints=missing_in_db,
                 session_updates={sid: fields},
                 images=images,
                 summary_checkpoints=[cp for cp in ordered if cp.sequence_number > summary_last],
-            ),
-            embedded_keep,
+            )
         )
         report.checkpoints_to_database += len(missing_in_db)
         if missing_in_db:
@@ -217,7 +246,7 @@ async def _reconcile_session(
     if stale_file:
         items.append(files.session_file_entry(sid, session_file))
     if items:
-        await asyncio.to_thread(files.write_many, items)
+        writes.files += items
         report.checkpoints_to_files += len(missing_in_files)
         if stale_file:
             report.session_files_rewritten += 1
