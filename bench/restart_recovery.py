@@ -228,7 +228,9 @@ def instrument(engine: Engine) -> dict[str, list[float]]:
     spent: dict[str, list[float]] = {}
 
     def wrap(owner: Any, name: str, label: str) -> None:
-        original = getattr(owner, name)
+        original = getattr(owner, name, None)
+        if original is None:  # an older engine (before/after comparisons)
+            return
 
         async def timed(*a: Any, **k: Any) -> Any:
             started = time.perf_counter()
@@ -244,6 +246,9 @@ def instrument(engine: Engine) -> dict[str, list[float]]:
     wrap(engine, "load_state", "load_state (all)")
     wrap(engine, "_load_records", "  _load_records (db + files)")
     wrap(engine, "_max_stored_event_seq", "  _max_stored_event_seq (list_logs)")
+    wrap(engine, "_stored_event_seqs", "_stored_event_seqs (per chunk)")
+    wrap(engine, "_database_records", "_database_records (per chunk)")
+    wrap(engine, "_acquire", "_acquire (leases, per chunk)")
     wrap(engine, "load_manuscript", "load_manuscript")
     wrap(engine, "_submit", "_submit (supervisor starts the actor)")
     if engine.store is not None:
