@@ -635,7 +635,8 @@ class Engine(OperatorCommands):
             if epoch is not None:
                 state.epoch = epoch
             assert self.persistence is not None
-            if not auto or state.last_sequence_number == 0 or sid not in known:
+            recorded = not auto or state.last_sequence_number == 0 or sid not in known
+            if recorded:
                 # Record it as interrupted (resumable). A session about to resume with a
                 # database record needs no such write: if we crash first, it is still
                 # live there and the next start recovers it again.
@@ -655,6 +656,8 @@ class Engine(OperatorCommands):
                     logger.error(
                         "session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id
                     )
+                    if not recorded:  # it would stay "running" and be retried at every start
+                        self.persistence.tell(CheckpointReached.status_of(state))
                     return
                 if epoch is not None:
                     self._lease_granted(sid, epoch)

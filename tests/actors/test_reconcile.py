@@ -220,3 +220,30 @@ async def test_a_session_left_interrupted_by_a_crash_during_recovery_resumes(
         assert await recorder.wait_final(sid) == "completed"
     finally:
         await second.stop()
+
+
+async def test_a_session_whose_manuscript_is_gone_is_recorded_interrupted_not_left_running(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    name = f"m{uuid.uuid4().hex[:8]}"
+    first = await start_engine(tmp_path / "out", databases(name), persistence_class=PauseAtFive)
+    sid = await run_one(first)
+    # As after a kill -9 mid-run, and the manuscript deleted meanwhile.
+    await first.store.update_session(sid, {"status": "running", "can_resume": False})
+    session_file = first.files.load_session_file(sid)
+    first.files.write_session_file(sid, {**session_file, "status": "running"})
+    mid = session_file["manuscript_id"]
+    assert await first.store.delete_manuscript(mid)
+    first._manuscript_path(mid).unlink()
+    await first.stop()
+
+    second = await start_engine(tmp_path / "out", databases(name))
+    try:
+        assert sid in await second.recover(auto_resume=True)
+        await second.flush()
+        document = await second.store.get_session(sid)
+        assert document["status"] == "interrupted" and document["can_resume"] is True
+        assert second.files.load_session_file(sid)["status"] == "interrupted"
+    finally:
+        await second.stop()
