@@ -472,13 +472,25 @@ class Engine(OperatorCommands):
         query already read them (``database=None``: it has no database document);
         ``stored_event_seq`` the highest event number of its stored log entries, likewise.
         """
+        state, _ = await self._load_state(session_id, files, database, stored_event_seq)
+        return state
+
+    async def _load_state(
+        self,
+        session_id: str,
+        files: Records | None,
+        database: Records | None | object,
+        stored_event_seq: int | None,
+    ) -> tuple[SessionState, tuple[Checkpoint, ...]]:
+        """:meth:`load_state`, with the checkpoints its stored summary lacks."""
         sid = valid_session_id(session_id)
         document, checkpoints = await self._load_records(sid, files, database)
         state = SessionState.rebuild(document, checkpoints)
         if stored_event_seq is None:
             stored_event_seq = await self._max_stored_event_seq(sid, state.last_event_seq)
         state.last_event_seq = max(state.last_event_seq, stored_event_seq)
-        return state
+        summarised = int(document.get("last_sequence_number") or 0)
+        return state, tuple(cp for cp in checkpoints if cp.sequence_number > summarised)
 
     async def _load_records(
         self,
@@ -626,11 +638,12 @@ class Engine(OperatorCommands):
                 files = (
                     None if takeover else (scan.sessions.get(key), scan.checkpoints.get(key, []))
                 )
-                state = await self.load_state(sid, files, database, event_seq)
+                state, behind = await self._load_state(sid, files, database, event_seq)
             except NotFoundError:
                 return
             if state.phase == Phase.DONE:
                 return
+            catch_up = CheckpointReached.status_of(state, behind) if behind else None
             state.status = SessionStatus.INTERRUPTED
             if epoch is not None:
                 state.epoch = epoch
@@ -640,7 +653,12 @@ class Engine(OperatorCommands):
                 # Record it as interrupted (resumable). A session about to resume with a
                 # database record needs no such write: if we crash first, it is still
                 # live there and the next start recovers it again.
-                self.persistence.tell(CheckpointReached.status_of(state))
+                self.persistence.tell(CheckpointReached.status_of(state, behind))
+            elif catch_up is not None:
+                # Its summary lags its checkpoints (written behind them, cut by the crash;
+                # start-up reconciliation left it to us): the next summary catches up,
+                # with the status stored meanwhile, on the summary schedule.
+                self.persistence.tell(catch_up)
             recovered.append(sid)
             logger.info(
                 "session %s was interrupted at checkpoint %d (%s)%s",
@@ -657,7 +675,7 @@ class Engine(OperatorCommands):
                         "session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id
                     )
                     if not recorded:  # it would stay "running" and be retried at every start
-                        self.persistence.tell(CheckpointReached.status_of(state))
+                        self.persistence.tell(CheckpointReached.status_of(state, behind))
                     return
                 if epoch is not None:
                     self._lease_granted(sid, epoch)

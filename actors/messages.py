@@ -171,18 +171,26 @@ class CheckpointReached:
     """For callers that are not actors: answered with None once durable (or the error)."""
     sent_at: float = field(default_factory=time.monotonic)
     """When the session sent it (acknowledgement latency is measured from here)."""
+    summary_checkpoints: tuple[Checkpoint, ...] = ()
+    """Checkpoints already durable that the stored summary lacks (a summary left behind
+    by a crash, see actors.summaries): they go into the next summary written."""
 
     @classmethod
-    def status_of(cls, state: SessionState) -> CheckpointReached:
+    def status_of(
+        cls, state: SessionState, behind: tuple[Checkpoint, ...] = ()
+    ) -> CheckpointReached:
         """A status change without a checkpoint (cancelled, interrupted, paused while
-        queued); a session that never reached its first checkpoint gets its document."""
+        queued); a session that never reached its first checkpoint gets its document.
+        ``behind``: durable checkpoints its stored summary lacks (recovery)."""
         return cls(
             session_id=state.session_id,
             checkpoint=None,
             session_fields=state.session_fields(),
             session_file=state.session_file(),
             new_session=state.session_document() if state.last_sequence_number == 0 else None,
+            summary_checkpoints=behind,
         )
+
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ class SummarySchedule:
             summary = self._held[sid] = Summary(sid)
         summary.fields.update(message.session_fields)
         summary.session_file = message.session_file
+        summary.checkpoints.extend(message.summary_checkpoints)
         cp = message.checkpoint
         if cp is not None:
             summary.checkpoints.append(cp)
@@ -100,7 +101,7 @@ class SummarySchedule:
             # summary already.
             self._written_status.setdefault(sid, message.new_session.get("status"))
             self._written_at.setdefault(sid, self._clock())
-        elif cp is None:
+        elif cp is None and not message.summary_checkpoints:
             self._urgent.add(sid)  # a bare status change (cancel, interrupted, failed)
         if (cp is not None and str(cp.checkpoint_type) in URGENT_CHECKPOINTS) or (
             status in STOPPED_STATUSES and status != self._written_status.get(sid)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domain import SessionId, utcnow
+from domain import SessionId, SessionStatus, utcnow
 from errors import DatabaseUnavailableError
 from storage.base import SessionStore
 from storage.files import FileStore
@@ -206,6 +206,19 @@ async def _reconcile_session(
     fields, session_file, full_document = describe(base, ordered)
 
     missing_in_db = [cp for cp in ordered if cp.sequence_number not in in_db]
+    missing_in_files = [cp for cp in ordered if cp.sequence_number not in in_files]
+    # Summaries (session document, session file) are written behind their checkpoints
+    # (actors.summaries), so a session live when its instance died has them lagging.
+    # recover() takes it over right after this and brings its summary up with the next
+    # one written (Engine.recover): a summary merely behind is left to that rather than
+    # written twice, once here, for every such session at each start.
+    left_to_recovery = (
+        _is_live(fields.get("status"))
+        and db_document is not None
+        and file_document is not None
+        and not missing_in_db
+        and not missing_in_files
+    )
     if db_document is None:
         report.decide("session %s is missing from the database; created from the files", sid)
         await store.create_session(full_document)
@@ -214,7 +227,7 @@ async def _reconcile_session(
     # PersistenceActor), so after a crash it may lag even when no checkpoint is missing.
     summary_last = 0 if db_document is None else int(db_document.get("last_sequence_number") or 0)
     newest = ordered[-1].sequence_number if ordered else 0
-    if missing_in_db or summary_last < newest:
+    if missing_in_db or (summary_last < newest and not left_to_recovery):
         images = [
             ImageRecord.from_document(cp.checkpoint_data["image"])
             for cp in missing_in_db
@@ -238,9 +251,8 @@ async def _reconcile_session(
         else:
             report.decide("session %s: session summary brought up to checkpoint %d", sid, newest)
 
-    missing_in_files = [cp for cp in ordered if cp.sequence_number not in in_files]
-    stale_file = file_document is None or int(file_document.get("last_sequence_number") or 0) < (
-        ordered[-1].sequence_number if ordered else 0
+    stale_file = file_document is None or (
+        int(file_document.get("last_sequence_number") or 0) < newest and not left_to_recovery
     )
     items = [files.checkpoint_entry(cp) for cp in missing_in_files]
     if stale_file:
@@ -274,3 +286,10 @@ async def try_reconcile(
     except DatabaseUnavailableError as exc:
         logger.warning("reconciliation skipped: database unavailable (%s)", exc)
         return None
+
+
+def _is_live(status: Any) -> bool:
+    try:
+        return SessionStatus(status).is_live
+    except ValueError:
+        return False

@@ -247,3 +247,76 @@ async def test_a_session_whose_manuscript_is_gone_is_recorded_interrupted_not_le
         assert second.files.load_session_file(sid)["status"] == "interrupted"
     finally:
         await second.stop()
+
+
+async def lagging_live_session(tmp_path: Path, databases: Any, name: str) -> tuple[str, int]:
+    """A session as after a kill -9 mid-run: every checkpoint durable on both sides, its
+    summaries (session document, session file; written behind) at checkpoint 3, running."""
+    first = await start_engine(tmp_path / "out", databases(name), persistence_class=PauseAtFive)
+    sid = await run_one(first)  # paused at its 6th checkpoint
+    newest = len(await first.store.list_checkpoints(sid))
+    await first.store._sessions.update_one(
+        {"_id": sid},
+        {
+            "$set": {"last_sequence_number": 3, "status": "running", "can_resume": False},
+            "$push": {"checkpoints": {"$each": [], "$slice": 3}},
+        },
+    )
+    session_file = first.files.load_session_file(sid)
+    first.files.write_session_file(
+        sid, {**session_file, "status": "running", "last_sequence_number": 3}
+    )
+    await first.stop()
+    return sid, newest
+
+
+async def test_a_live_sessions_lagging_summary_is_left_to_recovery_which_brings_it_up(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    name = f"n{uuid.uuid4().hex[:8]}"
+    sid, newest = await lagging_live_session(tmp_path, databases, name)
+
+    second = await start_engine(tmp_path / "out", databases(name))
+    try:
+        report = second.last_reconcile
+        assert report is not None
+        assert not [d for d in report.decisions if sid in d], "nothing to level: left to recover()"
+        assert (await second.store.get_session(sid))["last_sequence_number"] == 3
+        assert sid in await second.recover(auto_resume=False)
+        await second.flush()
+        document = await second.store.get_session(sid)
+        assert document["status"] == "interrupted" and document["can_resume"] is True
+        assert document["last_sequence_number"] == newest
+        assert [c["sequence_number"] for c in document["checkpoints"]] == list(
+            range(1, newest + 1)
+        )
+        session_file = second.files.load_session_file(sid)
+        assert session_file["status"] == "interrupted"
+        assert session_file["last_sequence_number"] == newest
+    finally:
+        await second.stop()
+
+
+async def test_a_resumed_sessions_lagging_summary_catches_up_without_a_gap(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    name = f"o{uuid.uuid4().hex[:8]}"
+    sid, _ = await lagging_live_session(tmp_path, databases, name)
+
+    second = await start_engine(tmp_path / "out", databases(name))
+    try:
+        recorder = EventRecorder(second)
+        assert sid in await second.recover(auto_resume=True)
+        assert await recorder.wait_final(sid) == "completed"
+        await second.flush()
+        total = len(await second.store.list_checkpoints(sid))
+        document = await second.store.get_session(sid)
+        assert document["status"] == "completed"
+        assert document["last_sequence_number"] == total
+        embedded = [c["sequence_number"] for c in document["checkpoints"]]
+        assert embedded == list(range(total - len(embedded) + 1, total + 1)), "no gap"
+        assert len(embedded) == min(total, second.config.persistence.embedded_checkpoints)
+    finally:
+        await second.stop()
