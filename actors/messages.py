@@ -192,7 +192,6 @@ class CheckpointReached:
         )
 
 
-
 @dataclass(frozen=True)
 class EventsEmitted:
     """Events (logs, progress...) to store; no acknowledgement."""

@@ -101,9 +101,7 @@ async def reconcile(
     ]
     for chunk in chunks(ours):
         # The database's checkpoints of 32 sessions in one query.
-        stored = await store.get_sessions_for_resume(
-            [sid for sid in chunk if sid in db_documents]
-        )
+        stored = await store.get_sessions_for_resume([sid for sid in chunk if sid in db_documents])
         writes = _Writes()  # one database batch and one file group per chunk
         for sid in chunk:
             key = SessionId(sid)

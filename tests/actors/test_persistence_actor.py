@@ -78,9 +78,7 @@ def _summaries_written_at_once(tmp_path: Path, budget: int) -> tuple[list[int], 
     store = open_store("mongodb://unused", f"t_{new_id()[:8]}", driver="mongomock")
     files = FileStore(tmp_path)
     files.ensure_layout()
-    settings = PersistenceConfig(
-        session_summary_interval_ms=0, session_summaries_per_second=budget
-    )
+    settings = PersistenceConfig(session_summary_interval_ms=0, session_summaries_per_second=budget)
     persistence = PersistenceActor.start(files, lambda: store, settings)
     sessions = [SessionId(new_id()) for _ in range(20)]
     try:

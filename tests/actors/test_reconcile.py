@@ -288,9 +288,7 @@ async def test_a_live_sessions_lagging_summary_is_left_to_recovery_which_brings_
         document = await second.store.get_session(sid)
         assert document["status"] == "interrupted" and document["can_resume"] is True
         assert document["last_sequence_number"] == newest
-        assert [c["sequence_number"] for c in document["checkpoints"]] == list(
-            range(1, newest + 1)
-        )
+        assert [c["sequence_number"] for c in document["checkpoints"]] == list(range(1, newest + 1))
         session_file = second.files.load_session_file(sid)
         assert session_file["status"] == "interrupted"
         assert session_file["last_sequence_number"] == newest
