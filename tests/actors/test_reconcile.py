@@ -200,18 +200,47 @@ async def test_session_summary_is_written_behind_and_a_lagging_one_is_repaired(
         await again.stop()
 
 
+async def as_if_killed(
+    tmp_path: Path,
+    databases: Any,
+    name: str,
+    status: str,
+    *,
+    summary_at: int | None = None,
+    before_stop: Any = None,
+) -> tuple[str, int]:
+    """A session paused at its 6th checkpoint, then made to look as after a kill -9 in
+    ``status``: every checkpoint durable on both sides; with ``summary_at``, its summaries
+    (session document, session file; written behind) left at that checkpoint. Returns the
+    session id and its number of checkpoints."""
+    first = await start_engine(tmp_path / "out", databases(name), persistence_class=PauseAtFive)
+    sid = await run_one(first)
+    newest = len(await first.store.list_checkpoints(sid))
+    fields: dict[str, Any] = {"status": status, "can_resume": status == "interrupted"}
+    update: dict[str, Any] = {"$set": fields}
+    file_fields = dict(fields)
+    if summary_at is not None:
+        update = {
+            "$set": {**fields, "last_sequence_number": summary_at},
+            "$push": {"checkpoints": {"$each": [], "$slice": summary_at}},
+        }
+        file_fields["last_sequence_number"] = summary_at
+    await first.store._sessions.update_one({"_id": sid}, update)
+    session_file = first.files.load_session_file(sid)
+    first.files.write_session_file(sid, {**session_file, **file_fields})
+    if before_stop is not None:
+        await before_stop(first, session_file)
+    await first.stop()
+    return sid, newest
+
+
 async def test_a_session_left_interrupted_by_a_crash_during_recovery_resumes(
     tmp_path: Path, backend: str, request
 ) -> None:
     databases = store_maker(backend, request)
     name = f"k{uuid.uuid4().hex[:8]}"
-    first = await start_engine(tmp_path / "out", databases(name), persistence_class=PauseAtFive)
-    sid = await run_one(first)
     # As after a kill between recovery marking it and its resumed actor's first checkpoint:
-    await first.store.update_session(sid, {"status": "interrupted", "can_resume": True})
-    session_file = first.files.load_session_file(sid)
-    first.files.write_session_file(sid, {**session_file, "status": "interrupted"})
-    await first.stop()
+    sid, _ = await as_if_killed(tmp_path, databases, name, "interrupted")
 
     second = await start_engine(tmp_path / "out", databases(name))
     try:
@@ -227,16 +256,14 @@ async def test_a_session_whose_manuscript_is_gone_is_recorded_interrupted_not_le
 ) -> None:
     databases = store_maker(backend, request)
     name = f"m{uuid.uuid4().hex[:8]}"
-    first = await start_engine(tmp_path / "out", databases(name), persistence_class=PauseAtFive)
-    sid = await run_one(first)
+
+    async def delete_manuscript(engine: Engine, session_file: dict[str, Any]) -> None:
+        mid = session_file["manuscript_id"]
+        assert await engine.store.delete_manuscript(mid)
+        engine._manuscript_path(mid).unlink()
+
     # As after a kill -9 mid-run, and the manuscript deleted meanwhile.
-    await first.store.update_session(sid, {"status": "running", "can_resume": False})
-    session_file = first.files.load_session_file(sid)
-    first.files.write_session_file(sid, {**session_file, "status": "running"})
-    mid = session_file["manuscript_id"]
-    assert await first.store.delete_manuscript(mid)
-    first._manuscript_path(mid).unlink()
-    await first.stop()
+    sid, _ = await as_if_killed(tmp_path, databases, name, "running", before_stop=delete_manuscript)
 
     second = await start_engine(tmp_path / "out", databases(name))
     try:
@@ -249,33 +276,12 @@ async def test_a_session_whose_manuscript_is_gone_is_recorded_interrupted_not_le
         await second.stop()
 
 
-async def lagging_live_session(tmp_path: Path, databases: Any, name: str) -> tuple[str, int]:
-    """A session as after a kill -9 mid-run: every checkpoint durable on both sides, its
-    summaries (session document, session file; written behind) at checkpoint 3, running."""
-    first = await start_engine(tmp_path / "out", databases(name), persistence_class=PauseAtFive)
-    sid = await run_one(first)  # paused at its 6th checkpoint
-    newest = len(await first.store.list_checkpoints(sid))
-    await first.store._sessions.update_one(
-        {"_id": sid},
-        {
-            "$set": {"last_sequence_number": 3, "status": "running", "can_resume": False},
-            "$push": {"checkpoints": {"$each": [], "$slice": 3}},
-        },
-    )
-    session_file = first.files.load_session_file(sid)
-    first.files.write_session_file(
-        sid, {**session_file, "status": "running", "last_sequence_number": 3}
-    )
-    await first.stop()
-    return sid, newest
-
-
 async def test_a_live_sessions_lagging_summary_is_left_to_recovery_which_brings_it_up(
     tmp_path: Path, backend: str, request
 ) -> None:
     databases = store_maker(backend, request)
     name = f"n{uuid.uuid4().hex[:8]}"
-    sid, newest = await lagging_live_session(tmp_path, databases, name)
+    sid, newest = await as_if_killed(tmp_path, databases, name, "running", summary_at=3)
 
     second = await start_engine(tmp_path / "out", databases(name))
     try:
@@ -301,7 +307,7 @@ async def test_a_resumed_sessions_lagging_summary_catches_up_without_a_gap(
 ) -> None:
     databases = store_maker(backend, request)
     name = f"o{uuid.uuid4().hex[:8]}"
-    sid, _ = await lagging_live_session(tmp_path, databases, name)
+    sid, _ = await as_if_killed(tmp_path, databases, name, "running", summary_at=3)
 
     second = await start_engine(tmp_path / "out", databases(name))
     try:
