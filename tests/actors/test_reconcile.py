@@ -234,6 +234,20 @@ async def as_if_killed(
     return sid, newest
 
 
+async def assert_recorded_interrupted(engine: Engine, sid: str, newest: int | None = None) -> None:
+    """Both summaries (session document, session file) say interrupted and resumable, and
+    with ``newest``, reach that checkpoint."""
+    await engine.flush()
+    document = await engine.store.get_session(sid)
+    session_file = engine.files.load_session_file(sid)
+    assert document["status"] == "interrupted" and document["can_resume"] is True
+    assert session_file["status"] == "interrupted"
+    if newest is not None:
+        assert document["last_sequence_number"] == newest
+        assert [c["sequence_number"] for c in document["checkpoints"]] == list(range(1, newest + 1))
+        assert session_file["last_sequence_number"] == newest
+
+
 async def test_a_session_left_interrupted_by_a_crash_during_recovery_resumes(
     tmp_path: Path, backend: str, request
 ) -> None:
@@ -268,10 +282,7 @@ async def test_a_session_whose_manuscript_is_gone_is_recorded_interrupted_not_le
     second = await start_engine(tmp_path / "out", databases(name))
     try:
         assert sid in await second.recover(auto_resume=True)
-        await second.flush()
-        document = await second.store.get_session(sid)
-        assert document["status"] == "interrupted" and document["can_resume"] is True
-        assert second.files.load_session_file(sid)["status"] == "interrupted"
+        await assert_recorded_interrupted(second, sid)
     finally:
         await second.stop()
 
@@ -290,14 +301,7 @@ async def test_a_live_sessions_lagging_summary_is_left_to_recovery_which_brings_
         assert not [d for d in report.decisions if sid in d], "nothing to level: left to recover()"
         assert (await second.store.get_session(sid))["last_sequence_number"] == 3
         assert sid in await second.recover(auto_resume=False)
-        await second.flush()
-        document = await second.store.get_session(sid)
-        assert document["status"] == "interrupted" and document["can_resume"] is True
-        assert document["last_sequence_number"] == newest
-        assert [c["sequence_number"] for c in document["checkpoints"]] == list(range(1, newest + 1))
-        session_file = second.files.load_session_file(sid)
-        assert session_file["status"] == "interrupted"
-        assert session_file["last_sequence_number"] == newest
+        await assert_recorded_interrupted(second, sid, newest)
     finally:
         await second.stop()
 
