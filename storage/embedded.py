@@ -8,10 +8,11 @@ Layout under ``data_dir``: ``wiredtiger/`` (the data, kept across restarts), ``s
 
 Orphans. On Linux the server is started with ``PR_SET_PDEATHSIG=SIGTERM``, so a ``kill -9``
 of the engine stops its database too. The signal is set by a tiny launcher that then
-``exec``\\ s ``python -m secantus`` (same pid), not by ``preexec_fn``, which Python documents
-as unsafe in a process with threads (ours has actor threads). The kernel sends the signal
-when the *thread* that started the server exits: call :meth:`EmbeddedDatabase.start` from
-a thread that lives as long as the database should (normally the main thread).
+``exec``\\ s the server (``storage/secantus_server.py``, same pid), not by ``preexec_fn``,
+which Python documents as unsafe in a process with threads (ours has actor threads). The
+kernel sends the signal when the *thread* that started the server exits: call
+:meth:`EmbeddedDatabase.start` from a thread that lives as long as the database should
+(normally the main thread).
 
 Start-up reads ``server.json`` first. If it names a live secantus process on our storage
 path, that server is either answering (adopted: its URI is returned) or starting/exiting
@@ -54,8 +55,10 @@ _LAUNCHER = (
     "    raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit('secantus launcher: parent exited before the server started')\n"
-    "os.execv(sys.executable, [sys.executable, '-m', 'secantus', *sys.argv[2:]])\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
 )
+_SERVER_SCRIPT = Path(__file__).resolve().with_name("secantus_server.py")
+"""Runs SecantusDB with our fix to its write path (see that module)."""
 
 
 class EmbeddedDatabase:
@@ -261,7 +264,9 @@ class EmbeddedDatabase:
         except OSError:
             return sys.platform != "linux"  # no /proc: trust server.json and the ping
         storage = os.fsencode(self.storage_path)
-        return b"secantus" in argv and any(
+        # A server of ours runs secantus_server.py; one started by an older engine, -m secantus.
+        program = b"secantus" in argv or os.fsencode(_SERVER_SCRIPT) in argv
+        return program and any(
             flag == b"--storage-path" and value == storage
             for flag, value in zip(argv, argv[1:], strict=False)
         )
@@ -281,10 +286,11 @@ class EmbeddedDatabase:
             # bulk-inserted document, 1.07 vs 1.5-1.8 ms per update; bench/README.md).
             "--standalone",
         ]  # fmt: skip
+        server = [str(_SERVER_SCRIPT)]
         if self._stop_with_owner:
-            argv = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *server_args]
+            argv = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *server, *server_args]
         else:
-            argv = [sys.executable, "-m", "secantus", *server_args]
+            argv = [sys.executable, *server, *server_args]
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         logger.info("starting SecantusDB on %s (log %s)", self.storage_path, self.log_path)
         with self.log_path.open("ab") as log:

@@ -1,0 +1,119 @@
+"""Run the embedded SecantusDB server, with one measured fix to its write path.
+
+The engine starts this file as the database process (``python storage/secantus_server.py
+ARGS``, ARGS as for ``python -m secantus``). It is a script, not an import of our package:
+the database process loads SecantusDB and nothing of ours.
+
+The fix. SecantusDB 0.7.0b3 reads a collection's index catalog (a WiredTiger scan plus a
+BSON decode per index) in ``Storage._index_options_map``, whose docstring says "cached per
+call (the caller handles per-doc loops)". Its insert and update loops call it up to four
+times per document instead (``_unique_conflict``, ``_validate_geo_indexes``,
+``_write_index_entries``, ``_delete_index_entries``). py-spy put a third of the database's
+busy time there under our write load, and a bulk insert into a collection with one
+secondary index cost 345 us per document against 71 us without the index (bench/README.md).
+
+We keep one answer per statement chunk instead. Each patched method below runs with its
+collection lock held, and SecantusDB changes a collection's indexes only under that same
+lock (``create_index``, ``drop_index``, collMod; its "LOCK ORDER" comments), so the
+indexes cannot change while a chunk runs; a write-conflict retry re-enters the method and
+starts a fresh memo. The patch is applied only to the SecantusDB version it was checked
+against; any other version runs unpatched, with a warning in its log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Run as a script, Python puts this folder first on sys.path; our module names (records,
+# files, ...) must not shadow anything SecantusDB imports.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+logger = logging.getLogger("illustrator.secantus_server")
+
+PATCHED_VERSIONS = frozenset({"0.7.0b3"})
+"""SecantusDB versions whose source the memo below was checked against."""
+
+CHUNK_METHODS = ("_insert_chunk", "_update_chunk", "_update_matching_single_txn")
+"""Storage methods that run one statement chunk with the collection lock held."""
+
+_scope = threading.local()
+
+
+def _memoized_options_map(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def options_map(self: Any, db: str, coll: str) -> dict[str, dict[str, Any]]:
+        memo: dict[tuple[str, str], dict[str, dict[str, Any]]] | None = getattr(
+            _scope, "memo", None
+        )
+        if memo is None:
+            return original(self, db, coll)
+        key = (db, coll)
+        if key not in memo:
+            memo[key] = original(self, db, coll)
+        return memo[key]
+
+    return options_map
+
+
+def _in_memo_scope(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def chunk(self: Any, *args: Any, **kwargs: Any) -> Any:
+        outer = getattr(_scope, "memo", None)
+        _scope.memo = {}
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _scope.memo = outer
+
+    return chunk
+
+
+def apply_patch() -> bool:
+    """Memoize the index catalog per statement chunk; return whether it was applied."""
+    import secantus
+    from secantus import storage
+
+    version = getattr(secantus, "__version__", "?")
+    store = storage.Storage
+    retry = getattr(storage, "_retry_write_conflicts", None)
+    chunks: list[Any] = [getattr(store, name, None) for name in CHUNK_METHODS]
+    if (
+        version not in PATCHED_VERSIONS
+        or retry is None
+        or not hasattr(store, "_index_options_map")
+        or any(not hasattr(method, "__wrapped__") for method in chunks)
+    ):
+        logger.warning("SecantusDB %s runs unpatched (the memo was checked on %s)",
+                       version, ", ".join(sorted(PATCHED_VERSIONS)))  # fmt: skip
+        return False
+    store._index_options_map = _memoized_options_map(store._index_options_map)
+    for name, method in zip(CHUNK_METHODS, chunks, strict=True):
+        # Inside the retry wrapper, so that every retried attempt starts a fresh memo.
+        setattr(store, name, retry(_in_memo_scope(method.__wrapped__)))
+    logger.info("SecantusDB %s: index catalog read once per statement chunk", version)
+    return True
+
+
+def main() -> int:
+    """Patch, then run SecantusDB's own command line with our arguments."""
+    from secantus.cli import main as secantus_main
+
+    # SecantusDB configures the root logger from its own settings; ours only says what ran.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    apply_patch()
+    return int(secantus_main(sys.argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""The embedded database's process: SecantusDB with its index catalog read once per chunk.
+
+Two sides. In-process, on SecantusDB's own ``Storage``, the patch must cut the catalog
+reads of a bulk write from several per document to a few per chunk. Over the wire, on
+the engine's real database process, indexes must still be exact after the writes the
+patch touches: duplicates refused, collations applied, an index created between two
+batches filled by the second, updated keys moved.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import secantus
+from pymongo import AsyncMongoClient
+from pymongo.errors import BulkWriteError
+from secantus import storage as secantus_storage
+
+from storage import secantus_server
+
+DB, COLL = "patch", "docs"
+CASELESS = {"locale": "en", "strength": 2}
+
+
+@pytest.fixture
+def patched_storage_class() -> Iterator[type]:
+    """SecantusDB's Storage with the patch applied, restored afterwards."""
+    store = secantus_storage.Storage
+    names = ("_index_options_map", *secantus_server.CHUNK_METHODS)
+    saved = {name: store.__dict__[name] for name in names}
+    try:
+        yield store
+    finally:
+        for name, value in saved.items():
+            setattr(store, name, value)
+
+
+def _catalog_reads(storage: Any, write: Any) -> int:
+    """How many times ``write()`` scans the index catalog of the collection."""
+    calls = 0
+    original = storage._iter_indexes
+
+    def counting(db: str, coll: str) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(db, coll)
+
+    storage._iter_indexes = counting
+    try:
+        write()
+    finally:
+        del storage._iter_indexes
+    return calls
+
+
+def _bulk_write_reads(patched: bool) -> tuple[int, int]:
+    """Catalog reads of a 200-document insert and a 200-document update (fresh storage)."""
+    if patched:
+        assert secantus_server.apply_patch()
+    storage = secantus_storage.Storage(":memory:")
+    try:
+        storage.create_index(DB, COLL, "session_seq", {"session_id": 1, "seq": 1}, {"unique": True})
+        docs = [{"_id": f"s:{n:05d}", "session_id": "s", "seq": n, "v": 0} for n in range(200)]
+        inserted = _catalog_reads(storage, lambda: storage.insert(DB, COLL, docs, ordered=False))
+        updated = _catalog_reads(
+            storage,
+            lambda: storage.update_matching(DB, COLL, {}, {"$inc": {"seq": 1000}}, multi=True),
+        )
+        assert storage.count_matching(DB, COLL, {"seq": {"$gte": 1000}}) == 200
+        return inserted, updated
+    finally:
+        storage.close()
+
+
+def test_patch_reads_the_index_catalog_once_per_chunk_not_per_document(
+    patched_storage_class: type,
+) -> None:
+    # pyproject pins the checked version; a new one must be checked before it is let in.
+    assert secantus.__version__ in secantus_server.PATCHED_VERSIONS
+    before = _bulk_write_reads(patched=False)
+    after = _bulk_write_reads(patched=True)
+
+    assert min(before) >= 400, before  # two or more reads per document, unpatched
+    assert max(after) <= 20, after  # a few per chunk
+
+
+def _index_tables_after_a_workload(patched: bool) -> list[Any]:
+    """Every index entry after writes interleaved with index changes (fresh storage)."""
+    if patched:
+        assert secantus_server.apply_patch()
+    storage = secantus_storage.Storage(":memory:")
+    try:
+        storage.create_index(DB, COLL, "name_ci", {"name": 1}, {"collation": CASELESS})
+        storage.insert(DB, COLL, [{"_id": n, "name": f"Name{n}"} for n in range(20)])
+        # Created between two writes: the next write must see it, with its collation.
+        storage.create_index(DB, COLL, "colour", {"colour": 1}, {"collation": CASELESS})
+        storage.insert(DB, COLL, [{"_id": 100 + n, "colour": "Red"} for n in range(20)])
+        storage.update_matching(DB, COLL, {"_id": {"$lt": 10}}, {"$set": {"colour": "Blue"}},
+                                multi=True)  # fmt: skip
+        storage.drop_index(DB, COLL, "name_ci")
+        storage.update_matching(DB, COLL, {"_id": 3}, {"$set": {"name": "Renamed"}})
+        return [tuple(entry) for entry in storage._cursor(secantus_storage._IDX_ENTRIES_TABLE)]
+    finally:
+        storage.close()
+
+
+def test_patched_writes_leave_the_same_index_entries_as_unpatched_ones(
+    patched_storage_class: type,
+) -> None:
+    unpatched = _index_tables_after_a_workload(patched=False)
+    patched = _index_tables_after_a_workload(patched=True)
+
+    assert len(unpatched) == 40  # the colour index: one entry per document
+    assert patched == unpatched
+
+
+def test_patch_is_refused_for_a_version_it_was_not_checked_against(
+    patched_storage_class: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(secantus, "__version__", "0.0.0-unchecked")
+    original = patched_storage_class.__dict__["_insert_chunk"]
+
+    assert secantus_server.apply_patch() is False
+    assert patched_storage_class.__dict__["_insert_chunk"] is original
+
+
+@pytest.fixture
+async def collection(embedded_db_uri: str) -> Any:
+    client: Any = AsyncMongoClient(embedded_db_uri)
+    name = f"patch_{uuid.uuid4().hex[:12]}"
+    try:
+        yield client[name]["docs"]
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+async def test_embedded_server_keeps_indexes_exact_through_bulk_writes(collection: Any) -> None:
+    await collection.create_index([("session_id", 1), ("seq", 1)], unique=True, name="unique_seq")
+    await collection.create_index([("name", 1)], name="name_ci", collation=CASELESS)
+    first = [{"session_id": "a", "seq": n, "name": f"Name{n}"} for n in range(50)]
+    duplicate = {"session_id": "a", "seq": 7, "name": "again"}
+
+    with pytest.raises(BulkWriteError) as refused:
+        await collection.insert_many([*first, duplicate], ordered=False)
+
+    assert [e["code"] for e in refused.value.details["writeErrors"]] == [11000]
+    assert await collection.count_documents({}) == 50
+    found = collection.find({"name": "NAME7"}, collation=CASELESS)
+    assert [doc["seq"] for doc in await found.hint("name_ci").to_list(None)] == [7]
+
+    # An index created between two batches is filled by the second, with its own options
+    # (a memo that outlived its chunk would write these keys without the collation).
+    await collection.create_index([("colour", 1)], name="colour", collation=CASELESS)
+    await collection.insert_many(
+        [{"session_id": "b", "seq": n, "name": "x", "colour": "Red"} for n in range(30)]
+    )
+    red = collection.find({"colour": "RED"}, collation=CASELESS).hint("colour")
+    assert len(await red.to_list(None)) == 30
+
+    # Updated keys move in every index.
+    await collection.update_many({"session_id": "b"}, {"$set": {"colour": "blue"}})
+    for colour, count in (("RED", 0), ("BLUE", 30)):
+        cursor = collection.find({"colour": colour}, collation=CASELESS).hint("colour")
+        assert len(await cursor.to_list(None)) == count
+    with pytest.raises(BulkWriteError):
+        await collection.insert_many([{"session_id": "b", "seq": 3}])
