@@ -5,19 +5,22 @@ ARGS``, ARGS as for ``python -m secantus``). It is a script, not an import of ou
 the database process loads SecantusDB and nothing of ours.
 
 The fix. SecantusDB 0.7.0b3 reads a collection's index catalog (a WiredTiger scan plus a
-BSON decode per index) in ``Storage._index_options_map``, whose docstring says "cached per
-call (the caller handles per-doc loops)". Its insert and update loops call it up to four
-times per document instead (``_unique_conflict``, ``_validate_geo_indexes``,
-``_write_index_entries``, ``_delete_index_entries``). py-spy put a third of the database's
-busy time there under our write load, and a bulk insert into a collection with one
-secondary index cost 345 us per document against 71 us without the index (bench/README.md).
+BSON decode per index, ``Storage._iter_indexes``) again and again while it writes: through
+``_index_options_map`` (whose docstring says "cached per call (the caller handles per-doc
+loops)", though no caller does) up to four times per written document, and through
+``_all_indexes``, ``_partial_filters`` and the query planner for every update's filter.
+py-spy put a third of the database's busy time there under our write load; a bulk insert
+into a collection with one secondary index cost 272-310 us per document against 71-96 us
+without the index (bench/README.md).
 
-We keep one answer per statement chunk instead. Each patched method below runs with its
-collection lock held, and SecantusDB changes a collection's indexes only under that same
-lock (``create_index``, ``drop_index``, collMod; its "LOCK ORDER" comments), so the
-indexes cannot change while a chunk runs; a write-conflict retry re-enters the method and
-starts a fresh memo. The patch is applied only to the SecantusDB version it was checked
-against; any other version runs unpatched, with a warning in its log.
+We read the catalog once per statement chunk instead. Each patched method below runs with
+its collection lock held, and SecantusDB changes a collection's indexes only under that
+same lock (``create_index``, ``drop_index``, collMod; its "LOCK ORDER" comments), so the
+catalog cannot change under a chunk, except for the ``multikey`` flag the chunk itself may
+set; SecantusDB reads that flag once at the start of a chunk anyway. A write-conflict retry
+re-enters the method and starts a fresh memo. The patch is applied only to the SecantusDB
+version it was checked against; any other version runs unpatched, with a warning in its
+log.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import functools
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +49,18 @@ CHUNK_METHODS = ("_insert_chunk", "_update_chunk", "_update_matching_single_txn"
 _scope = threading.local()
 
 
-def _memoized_options_map(original: Callable[..., Any]) -> Callable[..., Any]:
+def _memoized_catalog(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    def options_map(self: Any, db: str, coll: str) -> dict[str, dict[str, Any]]:
-        memo: dict[tuple[str, str], dict[str, dict[str, Any]]] | None = getattr(
-            _scope, "memo", None
-        )
+    def iter_indexes(self: Any, db: str, coll: str) -> Iterator[Any]:
+        memo: dict[tuple[str, str], list[Any]] | None = getattr(_scope, "memo", None)
         if memo is None:
-            return original(self, db, coll)
+            return iter(list(original(self, db, coll)))
         key = (db, coll)
         if key not in memo:
-            memo[key] = original(self, db, coll)
-        return memo[key]
+            memo[key] = list(original(self, db, coll))
+        return iter(memo[key])
 
-    return options_map
+    return iter_indexes
 
 
 def _in_memo_scope(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,13 +88,13 @@ def apply_patch() -> bool:
     if (
         version not in PATCHED_VERSIONS
         or retry is None
-        or not hasattr(store, "_index_options_map")
+        or not hasattr(store, "_iter_indexes")
         or any(not hasattr(method, "__wrapped__") for method in chunks)
     ):
         logger.warning("SecantusDB %s runs unpatched (the memo was checked on %s)",
                        version, ", ".join(sorted(PATCHED_VERSIONS)))  # fmt: skip
         return False
-    store._index_options_map = _memoized_options_map(store._index_options_map)
+    store._iter_indexes = _memoized_catalog(store._iter_indexes)
     for name, method in zip(CHUNK_METHODS, chunks, strict=True):
         # Inside the retry wrapper, so that every retried attempt starts a fresh memo.
         setattr(store, name, retry(_in_memo_scope(method.__wrapped__)))
