@@ -109,7 +109,9 @@ async def test_data_survives_a_clean_restart_and_clients_reconnect(database):
     assert "journal=true" in uri
     state = json.loads(database.state_path.read_text())
     assert state["pid"] == database.pid and state["port"] == database.port
-    assert "index catalog read once per statement chunk" in database.log_path.read_text()
+    assert "index catalog read once per statement chunk, profiling level cached" in (
+        database.log_path.read_text()
+    )
     store = open_store(uri, "restart", server_selection_timeout_ms=1000)
     assert store._client.write_concern.document == {"w": 1, "j": True}
     try:

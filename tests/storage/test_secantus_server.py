@@ -29,7 +29,7 @@ CASELESS = {"locale": "en", "strength": 2}
 def patched_storage_class() -> Iterator[type]:
     """SecantusDB's Storage with the patch applied, restored afterwards."""
     store = secantus_storage.Storage
-    names = ("_iter_indexes", *secantus_server.CHUNK_METHODS)
+    names = ("_iter_indexes", "get_profile", "set_profile", *secantus_server.CHUNK_METHODS)
     saved = {name: store.__dict__[name] for name in names}
     try:
         yield store
@@ -133,6 +133,34 @@ def test_patched_writes_leave_the_same_index_entries_as_unpatched_ones(
     assert patched == unpatched
 
 
+def test_profiling_level_is_read_once_and_follows_every_change(
+    patched_storage_class: type,
+) -> None:
+    assert secantus_server.apply_patch()
+    storage = secantus_storage.Storage(":memory:")
+    reads = 0
+    cursor = storage._cursor
+
+    def counting_cursor(table: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += table == secantus_storage._PROFILE_TABLE
+        return cursor(table, *args, **kwargs)
+
+    storage._cursor = counting_cursor
+    try:
+        levels = [storage.get_profile(DB)["level"] for _ in range(100)]
+        assert (levels, reads) == ([0] * 100, 1)
+
+        storage.set_profile(DB, level=2, slowms=7)
+        assert storage.get_profile(DB) == {"level": 2, "slowms": 7, "sampleRate": 1.0}
+        assert storage.get_profile("other")["level"] == 0
+        storage.get_profile(DB)["level"] = 1  # a caller's copy, not the cache
+        storage.set_profile(DB, level=0)
+        assert [storage.get_profile(DB)["level"] for _ in range(10)] == [0] * 10
+    finally:
+        storage.close()
+
+
 def test_patch_is_refused_for_a_version_it_was_not_checked_against(
     patched_storage_class: type, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,3 +212,22 @@ async def test_embedded_server_keeps_indexes_exact_through_bulk_writes(collectio
         assert len(await cursor.to_list(None)) == count
     with pytest.raises(BulkWriteError):
         await collection.insert_many([{"session_id": "b", "seq": 3}])
+
+
+async def test_embedded_server_profiles_commands_only_while_profiling_is_on(
+    collection: Any,
+) -> None:
+    database = collection.database
+    profiled = database["system.profile"]
+
+    await collection.insert_one({"n": 1})
+    assert (await database.command("profile", 2))["was"] == 0
+    await collection.insert_one({"n": 2})
+    await collection.find_one({"n": 2})
+    assert (await database.command("profile", 0))["was"] == 2
+    seen = await profiled.count_documents({})
+    await collection.insert_one({"n": 3})
+
+    assert seen >= 2
+    assert await profiled.count_documents({}) == seen
+    assert (await database.command("profile", -1))["was"] == 0
