@@ -132,9 +132,11 @@ def test_a_killed_instance_sessions_are_finished_by_another(
         assert comparable(files, manuscript_id) == reference, sid
         assert image_hashes(shared, sid) == reference_images, sid
 
-    # Each image generated once per session, but for a call A had in flight at the kill
-    # (one per session at most): that one may have been made again by B. The three
-    # sessions illustrate the same manuscript, so they share the call keys.
+    # Each image generated once per session, but for the call A had in flight at the kill
+    # (one per session at most): made again by B if A died inside it, or missing from the
+    # log if A died after writing the image but before logging the call (a line is written
+    # once a call returns), and then B rightly found the image and did not make it again.
+    # The three sessions illustrate the same manuscript, so they share the call keys.
     calls: Counter[str] = Counter()
     for server in (a, b):
         if server.calls.exists():
@@ -142,5 +144,5 @@ def test_a_killed_instance_sessions_are_finished_by_another(
                 if entry.get("stage") == "image":
                     calls[json.dumps(entry.get("key"))] += 1
     assert len(calls) == CHAPTERS * MOMENTS, calls
-    assert all(n >= SESSIONS for n in calls.values()), calls
-    assert sum(n - SESSIONS for n in calls.values()) <= SESSIONS, calls
+    assert all(abs(n - SESSIONS) <= 1 for n in calls.values()), calls
+    assert sum(abs(n - SESSIONS) for n in calls.values()) <= SESSIONS, calls
