@@ -1,11 +1,12 @@
-"""The embedded database's process: SecantusDB with its index catalog read once per chunk.
+"""The embedded database's process: SecantusDB with its index catalog read once per chunk
+and each database's profiling level kept (storage/secantus_server.py).
 
 Two sides. In-process, on SecantusDB's own ``Storage``, the patch must cut the catalog
-reads of a bulk write from several per document to a few per chunk. Over the wire, on
-the engine's real database process, indexes must still be exact after the writes the
-patch touches: duplicates refused, collations applied, an index created between two
-batches filled by the second, updated keys moved.
-"""
+reads of a bulk write from several per document to one per chunk, and read a profiling
+level once until it is set again. Over the wire, on the engine's real database process,
+indexes must still be exact after the writes the patch touches (duplicates refused,
+collations applied, an index created between two batches filled by the second, updated
+keys moved), and commands profiled exactly while profiling is on."""
 
 from __future__ import annotations
 
