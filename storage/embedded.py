@@ -264,8 +264,11 @@ class EmbeddedDatabase:
         except OSError:
             return sys.platform != "linux"  # no /proc: trust server.json and the ping
         storage = os.fsencode(self.storage_path)
-        # A server of ours runs secantus_server.py; one started by an older engine, -m secantus.
-        program = b"secantus" in argv or os.fsencode(_SERVER_SCRIPT) in argv
+        # A server of ours runs secantus_server.py (of whichever install started it); one
+        # started by an older engine, -m secantus.
+        program = b"secantus" in argv or any(
+            os.path.basename(arg) == os.fsencode(_SERVER_SCRIPT.name) for arg in argv
+        )
         return program and any(
             flag == b"--storage-path" and value == storage
             for flag, value in zip(argv, argv[1:], strict=False)
