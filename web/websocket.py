@@ -329,12 +329,19 @@ async def _follow_session(
     sub = Subscriber(ws, request)
     buffered: list[LogEntry] = []
     replaying = True
+    replayed = -1
 
     def on_batch(batch: EventBatch) -> None:
         if replaying:
             buffered.extend(batch.entries)
-        else:
+        elif batch.entries[0].event_seq > replayed:
             sub.offer_batch(batch)
+        else:
+            # A session stores its events before it publishes them, so the replay may
+            # have read events whose publication comes after it: sent once, not twice.
+            for entry in batch.entries:
+                if entry.event_seq > replayed:
+                    sub.offer_event(entry)
 
     # Subscribe BEFORE reading storage: whatever is published meanwhile is buffered.
     sub.unsubscribe = engine.hub.subscribe_batches(sid, on_batch)
@@ -360,7 +367,7 @@ async def _follow_session(
             if entry.event_seq > last:
                 sub.offer_event(entry)
         buffered.clear()
-        replaying = False
+        replayed, replaying = last, False
         writer = asyncio.create_task(sub.write_loop())
         await _read_until_closed(ws, sub)
     finally:

@@ -303,3 +303,28 @@ async def test_a_client_that_reads_late_still_gets_every_event_in_order(
     frames = await read_events(ws, seq)
     assert [f["event_seq"] for f in frames] == list(range(60_001, seq + 1))
     await ws.close()
+
+
+async def test_events_the_replay_read_before_their_publication_are_sent_once(
+    client: TestClient,
+) -> None:
+    sid = await finished_session(client)
+    engine = client.app[ENGINE_KEY]
+    stored = await engine.store.list_logs(sid, limit=10_000)
+    last = stored[-1].event_seq
+    # A session stores its events, then publishes them once acknowledged: a socket that
+    # replays in between reads them from the store before the hub hands them out.
+    late = [entry(sid, last + 1), entry(sid, last + 2)]
+    await engine.store.log_events(late)
+    ws = await client.ws_connect(f"/ws/processing/{sid}?after={last}")
+    assert (await ws.receive_json(timeout=10))["type"] == "snapshot"
+    replayed = await read_events(ws, last + 2)
+    assert [f["event_seq"] for f in replayed] == [last + 1, last + 2]
+
+    engine.hub.publish([late[1]])  # all replayed already
+    engine.hub.publish([*late, entry(sid, last + 3)])  # partly replayed
+    engine.hub.publish([entry(sid, last + 4)])
+
+    live = await read_events(ws, last + 4)
+    assert [f["event_seq"] for f in live] == [last + 3, last + 4]
+    await ws.close()
