@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -161,6 +162,9 @@ class CheckpointReached:
     """The spec's session file contents (``active_sessions/{id}.json``)."""
     images: tuple[ImageRecord, ...] = ()
     """Image records made durable with this checkpoint."""
+    placed_files: tuple[Path, ...] = ()
+    """Files this step put in place without syncing their folder (its image, see
+    ``pipeline.images.folder_sync_deferred``): synced with this batch, before the ack."""
     new_session: dict[str, Any] | None = None
     """A full session document to create first (the first checkpoint of a new session)."""
     reply_to: pykka.ActorRef[Any] | None = None

@@ -53,7 +53,7 @@ from actors.reply import tell_quietly
 from actors.summaries import LEAVING_STATUSES, Summary, SummarySchedule
 from config import PersistenceConfig
 from domain import FORMAT_VERSION
-from errors import DatabaseUnavailableError, StorageError
+from errors import DatabaseUnavailableError, StorageError, ValidationError
 from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore
@@ -252,7 +252,9 @@ class PersistenceActor(pykka.ThreadingActor):
     def _write_files(
         self, checkpoints: list[CheckpointReached], session_files: dict[str, Any]
     ) -> str | None:
-        """Checkpoint files, then the session files summing them up (never ahead of them)."""
+        """Checkpoint files, then the session files summing them up (never ahead of them),
+        and the folders of the images put in place for these checkpoints, in one commit."""
+        placed = [path for message in checkpoints for path in message.placed_files]
         items: list[tuple[Any, dict[str, Any]]] = []
         if self.settings.write_checkpoint_files:
             items.extend(
@@ -263,11 +265,11 @@ class PersistenceActor(pykka.ThreadingActor):
         items.extend(
             (self.files.session_path(sid), content) for sid, content in session_files.items()
         )
-        if not items:
+        if not items and not placed:
             return None
         try:
-            self.files.write_many(items)
-        except (OSError, StorageError) as exc:  # write_many wraps OSError in StorageError
+            self.files.write_many(items, placed)
+        except (OSError, StorageError, ValidationError) as exc:  # OSError comes wrapped
             logger.error("writing %d files failed: %s", len(items), exc)
             return f"{type(exc).__name__}: {exc}"
         self.stats.files_written += len(items)

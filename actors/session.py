@@ -33,7 +33,7 @@ from actors.reply import tell_quietly
 from actors.state import NEXT_ACTION, Phase, SessionState
 from domain import CheckpointType, ProcessingStep, SessionStatus, isoformat, utcnow
 from pipeline.analysis import EmotionalMoment
-from pipeline.images import image_filename
+from pipeline.images import folder_sync_deferred, image_filename
 from pipeline.manuscripts import Chapter, Manuscript
 from pipeline.prompts import IllustrationPrompt
 from pipeline.providers import Providers
@@ -317,7 +317,8 @@ class SessionActor(pykka.ThreadingActor):
             self._flush_events_now()
         if destination.exists():
             # Written atomically before a crash or pause cut the checkpoint off: it is
-            # complete, and regenerating it would pay for the same image twice.
+            # complete, and regenerating it would pay for the same image twice. (Its
+            # folder entry is synced again with this checkpoint, below.)
             self._emit_log(
                 "info",
                 f"Image {relative.name} already on disk; not regenerated",
@@ -325,7 +326,10 @@ class SessionActor(pykka.ThreadingActor):
             )
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            self.providers.image_generator.generate(prompt, moment, destination)
+            # The image's data is synced before its rename; its folder, which makes the
+            # rename durable, is synced by the checkpoint's batch (one sync for all).
+            with folder_sync_deferred():
+                self.providers.image_generator.generate(prompt, moment, destination)
         web_url = "/" + relative.as_posix()
         record = ImageRecord(
             session_id=state.session_id,
@@ -359,6 +363,7 @@ class SessionActor(pykka.ThreadingActor):
                 "scenes_total": len(state.prompts),
             },
             images=(record,),
+            placed_files=(destination,),
         )
 
     def _complete_chapter(self) -> None:
@@ -464,12 +469,13 @@ class SessionActor(pykka.ThreadingActor):
         chapter: int | None = None,
         data: dict[str, Any] | None = None,
         images: tuple[ImageRecord, ...] = (),
+        placed_files: tuple[Path, ...] = (),
     ) -> None:
         state = self.state
         cp = self._make_checkpoint(checkpoint_type, step, chapter, data or {})
         state.apply(cp)
         self._emit_progress()
-        self._send(cp, images=images)
+        self._send(cp, images=images, placed_files=placed_files)
 
     def _checkpoint_terminal(
         self,
@@ -515,6 +521,7 @@ class SessionActor(pykka.ThreadingActor):
         *,
         images: tuple[ImageRecord, ...] = (),
         after: SessionStatus | None = None,
+        placed_files: tuple[Path, ...] = (),
     ) -> None:
         state = self.state
         if cp is not None:
@@ -536,6 +543,7 @@ class SessionActor(pykka.ThreadingActor):
                 session_fields=fields,
                 session_file=state.session_file(),
                 images=images,
+                placed_files=placed_files,
                 new_session=new_session,
                 reply_to=self.actor_ref,
                 events=events,

@@ -13,7 +13,8 @@ import io
 import logging
 import os
 import random
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -85,12 +86,35 @@ def image_filename(chapter_number: int, scene_number: int) -> str:
     return f"chapter_{chapter_number}_scene_{scene_number}.png"
 
 
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def folder_sync_deferred() -> Iterator[None]:
+    """Leave the folder fsync of this thread's :func:`write_file_atomically` calls to the
+    caller, who syncs the folder with its next group commit.
+
+    A SessionActor generates its image inside this block and passes the image in its
+    checkpoint (``CheckpointReached.placed_files``): the PersistenceActor syncs the folder
+    with the checkpoint's batch, before the acknowledgement. The image's data is still
+    synced before its rename, so a complete image is all a crash can leave at its name,
+    and a resumed session that finds it does not pay for it again.
+    """
+    outer = getattr(_deferred, "active", False)
+    _deferred.active = True
+    try:
+        yield
+    finally:
+        _deferred.active = outer
+
+
 def write_file_atomically(destination: Path, data: bytes) -> None:
     """Write ``data`` to ``destination`` so that only the complete file can ever appear there.
 
     The bytes go to a unique temporary file in the same folder, which is flushed, fsynced
     and renamed over ``destination``; the folder is then fsynced so the rename survives a
-    crash. On any error the temporary file is removed.
+    crash (inside :func:`folder_sync_deferred`, by the caller's group commit). On any error
+    the temporary file is removed.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +134,8 @@ def write_file_atomically(destination: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-    _fsync_folder(destination.parent)
+    if not getattr(_deferred, "active", False):
+        _fsync_folder(destination.parent)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -295,7 +295,11 @@ def atomic_write(path: Path, payload: bytes, *, fsync: bool = True) -> None:
 
 
 def atomic_write_many(
-    items: Iterable[tuple[Path, bytes]], *, fsync: bool = True, use_syncfs: bool = True
+    items: Iterable[tuple[Path, bytes]],
+    *,
+    fsync: bool = True,
+    use_syncfs: bool = True,
+    placed: Iterable[Path] = (),
 ) -> int:
     """Replace many files as one group commit; return how many distinct files were written.
 
@@ -328,6 +332,10 @@ def atomic_write_many(
             with its last contents, at the position of its last occurrence.
         fsync: make the batch durable (off only for tests and throw-away output).
         use_syncfs: group the data syncs with syncfs(2) when available.
+        placed: files another writer has already made complete and durable and renamed
+            into place, but whose folder it has not synced (images, see
+            ``pipeline.images.folder_sync_deferred``): their folders are synced in phase 4
+            with the batch's, so their renames are durable when the batch is.
 
     Raises:
         OSError: nothing was acknowledged; temp files are removed, and the final names
@@ -337,9 +345,10 @@ def atomic_write_many(
     for path, payload in items:
         latest.pop(path, None)
         latest[path] = payload
-    if not latest:
+    placed_folders = [Path(path).parent for path in placed]
+    if not latest and not placed_folders:
         return 0
-    folders = list(dict.fromkeys(path.parent for path in latest))
+    folders = list(dict.fromkeys([*placed_folders, *(path.parent for path in latest)]))
     grouped = fsync and use_syncfs and _SYNCFS is not None and len(latest) >= SYNCFS_MIN_FILES
     staged: list[tuple[Path, Path]] = []
     sync_fds: list[int] = []

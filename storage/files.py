@@ -336,22 +336,32 @@ class FileStore:
         except OSError as exc:
             raise StorageError(f"could not write {path}: {exc}") from exc
 
-    def write_many(self, items: list[tuple[Path, dict[str, Any]]]) -> None:
+    def write_many(
+        self, items: list[tuple[Path, dict[str, Any]]], placed: list[Path] | None = None
+    ) -> None:
         """Write a batch of files as one group commit (see ``atomic.atomic_write_many``).
 
         Every document is encoded before anything touches the disk, so a bad document
         fails the batch without writing any of it. List checkpoint files before the
-        session file that sums them up. Returns once every file is durable.
+        session file that sums them up. ``placed``: files already in place whose folders
+        are to be synced with the batch (images). Returns once every file is durable.
 
         Raises:
-            ValidationError: a document cannot be encoded as JSON (nothing written).
+            ValidationError: a document cannot be encoded as JSON, or a placed file is
+                outside the output folder (nothing written).
             StorageError: the file system failed; each final file is old or new, never
                 torn, and a retry of the whole batch is safe.
         """
         encoded = [(path, atomic.encode_json(data)) for path, data in items]
+        root = self.root.resolve()
+        outside = [path for path in placed or () if not path.resolve().is_relative_to(root)]
+        if outside:
+            raise ValidationError(f"placed files outside the output folder: {outside}")
         try:
             self._prepare_folders([path for path, _ in encoded])
-            count = atomic.atomic_write_many(encoded, fsync=self.fsync, use_syncfs=self.use_syncfs)
+            count = atomic.atomic_write_many(
+                encoded, fsync=self.fsync, use_syncfs=self.use_syncfs, placed=placed or ()
+            )
         except OSError as exc:
             raise StorageError(f"group commit of {len(encoded)} files failed: {exc}") from exc
         logger.debug("Group commit wrote %d files", count)

@@ -136,8 +136,9 @@ def _send(
     seq: int,
     kind: CheckpointType,
     status: str = "running",
+    placed: tuple[Path, ...] = (),
 ) -> str | None:
-    """One checkpoint with its session file; the acknowledgement's outcome."""
+    """One checkpoint with its session file (and placed files); the ack's outcome."""
     cp = Checkpoint(sid, seq, kind, ProcessingStep.ANALYZING_CHAPTERS, 1, "next", seq)
     ack = Reply.for_thread()
     persistence.tell(
@@ -148,6 +149,7 @@ def _send(
             {"session_id": sid, "status": status, "last_sequence_number": seq},
             new_session={"_id": sid, "session_id": sid, "status": status} if seq == 1 else None,
             ack=ack,
+            placed_files=placed,
         )
     )
     return ack.result(10)
@@ -188,10 +190,10 @@ def test_a_failed_file_write_is_reported_in_the_ack_and_the_writer_lives_on(
     class FailingFiles(FileStore):
         fail = True
 
-        def write_many(self, items: list[tuple[Path, dict[str, Any]]]) -> None:
+        def write_many(self, items: list[tuple[Path, dict[str, Any]]], placed: Any = None) -> None:
             if self.fail:
                 raise StorageError("group commit of 2 files failed: [Errno 28] No space left")
-            super().write_many(items)
+            super().write_many(items, placed)
 
     files = FailingFiles(tmp_path)
     files.ensure_layout()
@@ -203,6 +205,26 @@ def test_a_failed_file_write_is_reported_in_the_ack_and_the_writer_lives_on(
         assert files.load_checkpoints(sid) == []
         FailingFiles.fail = False
         assert _send(persistence, sid, 1, CheckpointType.SESSION_START) is None
+        assert [cp.sequence_number for cp in files.load_checkpoints(sid)] == [1]
+    finally:
+        persistence.stop()
+
+
+def test_a_placed_file_outside_the_output_folder_fails_its_ack_and_the_writer_lives_on(
+    tmp_path: Path,
+) -> None:
+    files = FileStore(tmp_path / "out")
+    files.ensure_layout()
+    persistence = PersistenceActor.start(files, None, PersistenceConfig())
+    sid = SessionId(new_id())
+    try:
+        outcome = _send(persistence, sid, 1, CheckpointType.SESSION_START, placed=(tmp_path,))
+        assert outcome is not None and "outside the output folder" in outcome
+        assert files.load_checkpoints(sid) == []
+        image = files.images_dir / sid / "chapter_1_scene_1.png"
+        image.parent.mkdir(parents=True)
+        image.write_bytes(b"png")
+        assert _send(persistence, sid, 1, CheckpointType.SESSION_START, placed=(image,)) is None
         assert [cp.sequence_number for cp in files.load_checkpoints(sid)] == [1]
     finally:
         persistence.stop()

@@ -97,6 +97,31 @@ class PauseAtSequence(PersistenceActor):
         return super().on_receive(message)
 
 
+class WatchPlacedImages(PersistenceActor):
+    """Test seam: notes the images each batch syncs the folders of, and whether they
+    were in place then."""
+
+    seen: list[tuple[str, bool]] = []
+
+    def _write_files(self, checkpoints: Any, session_files: Any) -> str | None:
+        for message in checkpoints:
+            type(self).seen.extend((p.name, p.exists()) for p in message.placed_files)
+        return super()._write_files(checkpoints, session_files)
+
+
+async def test_each_image_folder_is_synced_by_the_batch_of_its_checkpoint(make_engine) -> None:
+    WatchPlacedImages.seen = []
+    engine = await make_engine(persistence_class=WatchPlacedImages)
+    sid, status = await run_session(engine, EventRecorder(engine))
+    assert status == "completed"
+    await engine.flush()
+
+    names = sorted(f"chapter_{c}_scene_{m}.png" for c in (1, 2) for m in (1, 2))
+    assert sorted(WatchPlacedImages.seen) == [(name, True) for name in names]
+    folder = engine.output_dir / "generated_images" / sid
+    assert sorted(p.name for p in folder.iterdir()) == names  # no temp file left
+
+
 async def test_pause_then_resume_at_every_step_boundary_repeats_no_work(make_engine) -> None:
     expected = expected_types()
     for boundary in range(1, len(expected)):

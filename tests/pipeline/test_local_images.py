@@ -11,7 +11,12 @@ import pytest
 from PIL import Image
 
 from pipeline.analysis import EmotionalMoment
-from pipeline.images import LocalImageGenerator, image_filename, write_file_atomically
+from pipeline.images import (
+    LocalImageGenerator,
+    folder_sync_deferred,
+    image_filename,
+    write_file_atomically,
+)
 from pipeline.prompts import IllustrationPrompt
 
 MOMENT = EmotionalMoment(
@@ -103,6 +108,29 @@ def test_an_existing_image_is_replaced_whole(tmp_path: Path) -> None:
 
     assert destination.read_bytes() == b"new contents"
     assert [p.name for p in tmp_path.iterdir()] == ["img.png"]
+
+
+def test_with_the_folder_sync_deferred_the_image_is_in_place_with_its_data_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    destination = tmp_path / "images" / image_filename(1, 1)
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "file")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+
+    with folder_sync_deferred():
+        LocalImageGenerator(32).generate(PROMPT, MOMENT, destination)
+    assert synced == ["file"]  # its folder goes with the checkpoint's batch
+    with Image.open(destination) as image:
+        assert image.size == (32, 32)
+
+    write_file_atomically(tmp_path / "after.png", b"x")  # outside the block: both again
+    assert synced == ["file", "file", "folder"]
 
 
 def test_missing_folders_are_created(tmp_path: Path) -> None:

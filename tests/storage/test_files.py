@@ -562,6 +562,52 @@ def test_small_batches_fsync_each_file_instead_of_the_whole_filesystem(
     assert events == ["fsync-file", "replace", "fsync-dir"]
 
 
+def placed_image(store: FileStore, session: str) -> Path:
+    """An image another writer put in place (data synced, folder not)."""
+    final = store.images_dir / session / "chapter_1_scene_1.png"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.write_bytes(b"\x89PNG image bytes")
+    return final
+
+
+def test_placed_images_have_their_folder_synced_with_the_batch_and_are_not_rewritten(
+    group_store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = sid()
+    image = placed_image(group_store, session)
+    items = [group_store.checkpoint_entry(checkpoint(session, seq)) for seq in (1, 2, 3)]
+    items.append(group_store.session_file_entry(session, session_doc(session)))
+    events = record_sync_protocol(monkeypatch)
+
+    group_store.write_many(items, [image])
+
+    data_sync = ["syncfs"] if group_store.use_syncfs else ["fsync-file"] * 4
+    assert events == [*data_sync, *["replace"] * 4, *["fsync-dir"] * 3]
+    assert image.read_bytes() == b"\x89PNG image bytes"
+
+
+def test_a_batch_of_placed_images_only_syncs_their_folders(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = [placed_image(store, sid()) for _ in range(2)]
+    events = record_sync_protocol(monkeypatch)
+
+    store.write_many([], images)
+
+    assert events == ["fsync-dir", "fsync-dir"]
+
+
+def test_a_placed_file_outside_the_output_folder_is_refused_before_anything_is_written(
+    store: FileStore, tmp_path: Path
+) -> None:
+    item = store.checkpoint_entry(checkpoint(sid(), 1))
+
+    with pytest.raises(ValidationError, match="outside the output folder"):
+        store.write_many([item], [tmp_path / "elsewhere.png"])
+
+    assert not item[0].exists()
+
+
 def test_a_failed_data_sync_renames_nothing(
     group_store: FileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -803,6 +849,7 @@ def test_remove_stale_temp_files_spares_writes_in_flight_of_other_live_instances
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
+
         def named(pid: int, host: str = token[:8]) -> Path:
             return store.checkpoints_dir / f".a.json.{host}{pid:08x}{token[16:]}.tmp"
 
