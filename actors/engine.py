@@ -63,7 +63,12 @@ from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore, ScanReport
 from storage.leases import LeaseOutcome, lease_deadline, local_instance_id, takeable
-from storage.reconcile import ReconcileReport, reconcile_session, try_reconcile
+from storage.reconcile import (
+    ReconcileReport,
+    StartupReads,
+    reconcile_session,
+    try_reconcile,
+)
 from storage.records import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -103,6 +108,7 @@ class Engine(OperatorCommands):
         self.supervisor: pykka.ActorRef[Any] | None = None
         self.database_ok = False
         self.last_reconcile: ReconcileReport | None = None
+        self._startup_reads: StartupReads | None = None
         self._bundle_tasks: set[asyncio.Task[Any]] = set()
         self.instance_id = config.processing.instance_id or local_instance_id()
         """Our name as a lease owner (storage.leases)."""
@@ -163,6 +169,9 @@ class Engine(OperatorCommands):
                 report.checkpoints_to_database,
                 report.checkpoints_to_files,
             )
+        if report is not None:
+            # recover() runs next: what reconciliation read serves it once (see there).
+            self._startup_reads, report.reads = report.reads, None
         self.last_reconcile = report
         await self._reconcile_manuscripts()
 
@@ -605,7 +614,17 @@ class Engine(OperatorCommands):
                 logger.warning("database unavailable during recovery; using files")
                 if takeover:
                     return []
-        scan = ScanReport() if takeover else await asyncio.to_thread(self.files.scan)
+        # At start-up, reconciliation has just read the files and the database records of
+        # every session: those it wrote nothing for are used as read, once.
+        reads = None if takeover else self._startup_reads
+        self._startup_reads = None
+        if takeover:
+            scan = ScanReport()
+        elif reads is not None:
+            scan = reads.scan
+        else:
+            scan = await asyncio.to_thread(self.files.scan)
+        unchanged = reads.unchanged if reads is not None else {}
         for sid, document in scan.sessions.items():
             if document.get("status") in statuses:
                 candidates.add(sid)
@@ -633,11 +652,11 @@ class Engine(OperatorCommands):
                         embedded_keep=self.config.persistence.embedded_checkpoints,
                     )
                     database, event_seq = _READ, None
-                # The scan already read every file: no per-session directory listing.
+                # The scan already read every file: no per-session directory listing (but
+                # for a session reconciliation wrote files for since).
                 key = SessionId(sid)
-                files = (
-                    None if takeover else (scan.sessions.get(key), scan.checkpoints.get(key, []))
-                )
+                fresh = takeover or (reads is not None and sid not in unchanged)
+                files = None if fresh else (scan.sessions.get(key), scan.checkpoints.get(key, []))
                 state, behind = await self._load_state(sid, files, database, event_seq)
             except NotFoundError:
                 return
@@ -697,8 +716,10 @@ class Engine(OperatorCommands):
                         )
                     mine = [sid for sid in chunk if sid not in outcome.refused]
                     records, event_seqs = await asyncio.gather(
-                        self._database_records(mine), self._stored_event_seqs(mine)
+                        self._database_records([sid for sid in mine if sid not in unchanged]),
+                        self._stored_event_seqs(mine),
                     )
+                    records.update((sid, unchanged[sid]) for sid in mine if sid in unchanged)
                     await asyncio.gather(
                         *(
                             recover_one(

@@ -20,7 +20,7 @@ from typing import Any
 from domain import SessionId, SessionStatus, utcnow
 from errors import DatabaseUnavailableError
 from storage.base import SessionStore
-from storage.files import FileStore
+from storage.files import FileStore, ScanReport
 from storage.leases import chunks, takeable
 from storage.records import Checkpoint, ImageRecord, PersistBatch
 
@@ -56,9 +56,22 @@ class _Writes:
 
 
 @dataclass
+class StartupReads:
+    """What reconciliation read, for start-up recovery to use instead of reading it again."""
+
+    scan: ScanReport
+    """The files as reconciliation found them."""
+    unchanged: dict[str, tuple[dict[str, Any], list[Checkpoint]]]
+    """Database document and checkpoints of the sessions reconciliation wrote nothing for
+    (their files are as in ``scan`` too); the others must be read again."""
+
+
+@dataclass
 class ReconcileReport:
     """What reconciliation found and did."""
 
+    reads: StartupReads | None = field(default=None, repr=False)
+    """What it read (see StartupReads); taken by the engine for its recovery."""
     sessions_checked: int = 0
     checkpoints_to_database: int = 0
     checkpoints_to_files: int = 0
@@ -99,6 +112,7 @@ async def reconcile(
         or (document := db_documents.get(sid)) is None
         or takeable(document, owner, now)
     ]
+    unchanged: dict[str, tuple[dict[str, Any], list[Checkpoint]]] = {}
     for chunk in chunks(ours):
         # The database's checkpoints of 32 sessions in one query.
         stored = await store.get_sessions_for_resume([sid for sid in chunk if sid in db_documents])
@@ -106,7 +120,7 @@ async def reconcile(
         for sid in chunk:
             key = SessionId(sid)
             report.sessions_checked += 1
-            await _reconcile_session(
+            wrote = await _reconcile_session(
                 store,
                 files,
                 describe,
@@ -118,7 +132,10 @@ async def reconcile(
                 report=report,
                 writes=writes,
             )
+            if not wrote and sid in stored:
+                unchanged[sid] = stored[sid]
         await writes.apply(store, files, embedded_keep)
+    report.reads = StartupReads(scan, unchanged)
     return report
 
 
@@ -163,9 +180,10 @@ async def _reconcile_session(
     report: ReconcileReport,
     writes: _Writes,
     db_checkpoints: list[Checkpoint] | None = None,
-) -> None:
+) -> bool:
     """Decide how to level one session; its writes go into ``writes`` (the caller applies
-    them), except a missing session document, which is created at once."""
+    them), except a missing session document, which is created at once. Returns whether
+    anything is written for it."""
     if db_checkpoints is None:
         db_checkpoints = await store.list_checkpoints(sid) if db_document is not None else []
     in_files = {cp.sequence_number: cp for cp in file_checkpoints}
@@ -200,7 +218,7 @@ async def _reconcile_session(
             report.decide(
                 "session %s has checkpoints but no session record; left for an operator", sid
             )
-            return
+            return False
     fields, session_file, full_document = describe(base, ordered)
 
     missing_in_db = [cp for cp in ordered if cp.sequence_number not in in_db]
@@ -225,7 +243,8 @@ async def _reconcile_session(
     # PersistenceActor), so after a crash it may lag even when no checkpoint is missing.
     summary_last = 0 if db_document is None else int(db_document.get("last_sequence_number") or 0)
     newest = ordered[-1].sequence_number if ordered else 0
-    if missing_in_db or (summary_last < newest and not left_to_recovery):
+    summary_written = bool(missing_in_db or (summary_last < newest and not left_to_recovery))
+    if summary_written:
         images = [
             ImageRecord.from_document(cp.checkpoint_data["image"])
             for cp in missing_in_db
@@ -266,6 +285,7 @@ async def _reconcile_session(
             len(missing_in_files),
             ", session file rewritten" if stale_file else "",
         )
+    return db_document is None or summary_written or bool(items)
 
 
 async def try_reconcile(

@@ -328,3 +328,63 @@ async def test_a_resumed_sessions_lagging_summary_catches_up_without_a_gap(
         assert len(embedded) == min(total, second.config.persistence.embedded_checkpoints)
     finally:
         await second.stop()
+
+
+class CountingReads:
+    """Counts the start-up reads recover() may take from reconciliation instead."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.scans = 0
+        self.records: list[str] = []
+        scan, records = engine.files.scan, engine.store.get_sessions_for_resume
+
+        def counted_scan() -> Any:
+            self.scans += 1
+            return scan()
+
+        async def counted_records(ids: list[str]) -> Any:
+            self.records += ids
+            return await records(ids)
+
+        engine.files.scan = counted_scan  # type: ignore[method-assign]
+        engine.store.get_sessions_for_resume = counted_records  # type: ignore[method-assign]
+
+
+async def test_recovery_at_start_up_uses_what_reconciliation_read_and_reads_afresh_after(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    name = f"p{uuid.uuid4().hex[:8]}"
+    sid, newest = await as_if_killed(tmp_path, databases, name, "running")
+
+    second = await start_engine(tmp_path / "out", databases(name))
+    try:
+        reads = CountingReads(second)
+        assert sid in await second.recover(auto_resume=False)
+        assert (reads.scans, reads.records) == (0, [])  # left as read: not read again
+        await assert_recorded_interrupted(second, sid, newest)
+        await second.recover(auto_resume=True)  # once only: a later recovery reads afresh
+        assert reads.scans == 1 and reads.records == [sid]
+    finally:
+        await second.stop()
+
+
+async def test_a_session_reconciliation_wrote_for_is_read_again_by_recovery(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    name = f"q{uuid.uuid4().hex[:8]}"
+    sid, newest = await as_if_killed(tmp_path, databases, name, "running")
+    for path in (tmp_path / "out" / "sessions" / "checkpoints").glob(f"{sid}_*.json"):
+        path.unlink()  # files behind the database: reconciliation rewrites them
+
+    second = await start_engine(tmp_path / "out", databases(name))
+    try:
+        assert second.last_reconcile is not None
+        assert second.last_reconcile.checkpoints_to_files == newest
+        reads = CountingReads(second)
+        assert sid in await second.recover(auto_resume=False)
+        assert (reads.scans, reads.records) == (0, [sid])
+        await assert_recorded_interrupted(second, sid, newest)
+    finally:
+        await second.stop()
