@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,16 @@ async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
     return engine
 
 
+@contextlib.asynccontextmanager
+async def running_engine(out: Path, factory: Any, **kwargs: Any) -> AsyncIterator[Engine]:
+    """A started engine (a restart on ``out``), stopped on the way out."""
+    engine = await start_engine(out, factory, **kwargs)
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
 async def run_one(engine: Engine) -> str:
     recorder = EventRecorder(engine)
     mid = await engine.save_manuscript(make_manuscript(2))
@@ -54,8 +66,7 @@ async def test_files_ahead_of_an_empty_database_fill_it(
     await first.stop()
 
     # Same files, a database that never saw them (as after an outage of the whole run).
-    second = await start_engine(tmp_path / "out", databases(f"b{uuid.uuid4().hex[:8]}"))
-    try:
+    async with running_engine(tmp_path / "out", databases(f"b{uuid.uuid4().hex[:8]}")) as second:
         assert second.last_reconcile is not None
         assert second.last_reconcile.checkpoints_to_database == len(expected)
         assert second.last_reconcile.sessions_created_in_database == 1
@@ -65,8 +76,6 @@ async def test_files_ahead_of_an_empty_database_fill_it(
         assert document["status"] == "completed"
         assert document["last_sequence_number"] == len(expected)
         assert await second.store.get_manuscript(document["manuscript_id"]) is not None
-    finally:
-        await second.stop()
 
 
 async def test_deleted_files_are_rewritten_from_the_database(
@@ -80,16 +89,13 @@ async def test_deleted_files_are_rewritten_from_the_database(
     await first.stop()
     shutil.rmtree(tmp_path / "out" / "sessions")
 
-    second = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as second:
         assert second.last_reconcile is not None
         assert second.last_reconcile.checkpoints_to_files == len(expected)
         assert [cp.to_json() for cp in second.files.load_checkpoints(sid)] == expected
         session_file = second.files.load_session_file(sid)
         assert session_file["status"] == "completed"
         assert session_file["last_sequence_number"] == len(expected)
-    finally:
-        await second.stop()
 
 
 class PauseAtFive(PersistenceActor):
@@ -125,8 +131,7 @@ async def test_the_side_with_the_higher_sequence_wins_the_session_record(
     total = len(await second.store.list_checkpoints(sid))
     await second.stop()
 
-    third = await start_engine(tmp_path / "ahead", databases(stale_name))
-    try:
+    async with running_engine(tmp_path / "ahead", databases(stale_name)) as third:
         document = await third.store.get_session(sid)
         assert document["status"] == "completed", "the files reach the higher sequence and win"
         assert document["last_sequence_number"] == total
@@ -134,8 +139,6 @@ async def test_the_side_with_the_higher_sequence_wins_the_session_record(
             range(1, total + 1)
         )
         assert any("copied from the files" in d for d in third.last_reconcile.decisions)
-    finally:
-        await third.stop()
 
 
 async def test_session_summary_is_written_behind_and_a_lagging_one_is_repaired(
@@ -190,14 +193,11 @@ async def test_session_summary_is_written_behind_and_a_lagging_one_is_repaired(
         release.set()
         await engine.stop()
 
-    again = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as again:
         repaired = await again.store.get_session(sid)
         assert repaired["last_sequence_number"] == total
         assert repaired["status"] == "completed"
         assert any("summary brought up" in d for d in again.last_reconcile.decisions)
-    finally:
-        await again.stop()
 
 
 async def as_if_killed(
@@ -256,13 +256,10 @@ async def test_a_session_left_interrupted_by_a_crash_during_recovery_resumes(
     # As after a kill between recovery marking it and its resumed actor's first checkpoint:
     sid, _ = await as_if_killed(tmp_path, databases, name, "interrupted")
 
-    second = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as second:
         recorder = EventRecorder(second)
         assert sid in await second.recover(auto_resume=True)
         assert await recorder.wait_final(sid) == "completed"
-    finally:
-        await second.stop()
 
 
 async def test_a_session_whose_manuscript_is_gone_is_recorded_interrupted_not_left_running(
@@ -279,12 +276,9 @@ async def test_a_session_whose_manuscript_is_gone_is_recorded_interrupted_not_le
     # As after a kill -9 mid-run, and the manuscript deleted meanwhile.
     sid, _ = await as_if_killed(tmp_path, databases, name, "running", before_stop=delete_manuscript)
 
-    second = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as second:
         assert sid in await second.recover(auto_resume=True)
         await assert_recorded_interrupted(second, sid)
-    finally:
-        await second.stop()
 
 
 async def test_a_live_sessions_lagging_summary_is_left_to_recovery_which_brings_it_up(
@@ -294,16 +288,13 @@ async def test_a_live_sessions_lagging_summary_is_left_to_recovery_which_brings_
     name = f"n{uuid.uuid4().hex[:8]}"
     sid, newest = await as_if_killed(tmp_path, databases, name, "running", summary_at=3)
 
-    second = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as second:
         report = second.last_reconcile
         assert report is not None
         assert not [d for d in report.decisions if sid in d], "nothing to level: left to recover()"
         assert (await second.store.get_session(sid))["last_sequence_number"] == 3
         assert sid in await second.recover(auto_resume=False)
         await assert_recorded_interrupted(second, sid, newest)
-    finally:
-        await second.stop()
 
 
 async def test_a_resumed_sessions_lagging_summary_catches_up_without_a_gap(
@@ -313,8 +304,7 @@ async def test_a_resumed_sessions_lagging_summary_catches_up_without_a_gap(
     name = f"o{uuid.uuid4().hex[:8]}"
     sid, _ = await as_if_killed(tmp_path, databases, name, "running", summary_at=3)
 
-    second = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as second:
         recorder = EventRecorder(second)
         assert sid in await second.recover(auto_resume=True)
         assert await recorder.wait_final(sid) == "completed"
@@ -326,8 +316,6 @@ async def test_a_resumed_sessions_lagging_summary_catches_up_without_a_gap(
         embedded = [c["sequence_number"] for c in document["checkpoints"]]
         assert embedded == list(range(total - len(embedded) + 1, total + 1)), "no gap"
         assert len(embedded) == min(total, second.config.persistence.embedded_checkpoints)
-    finally:
-        await second.stop()
 
 
 class CountingReads:
@@ -357,16 +345,13 @@ async def test_recovery_at_start_up_uses_what_reconciliation_read_and_reads_afre
     name = f"p{uuid.uuid4().hex[:8]}"
     sid, newest = await as_if_killed(tmp_path, databases, name, "running")
 
-    second = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as second:
         reads = CountingReads(second)
         assert sid in await second.recover(auto_resume=False)
         assert (reads.scans, reads.records) == (0, [])  # left as read: not read again
         await assert_recorded_interrupted(second, sid, newest)
         await second.recover(auto_resume=True)  # once only: a later recovery reads afresh
         assert reads.scans == 1 and reads.records == [sid]
-    finally:
-        await second.stop()
 
 
 async def test_a_session_reconciliation_wrote_for_is_read_again_by_recovery(
@@ -378,13 +363,10 @@ async def test_a_session_reconciliation_wrote_for_is_read_again_by_recovery(
     for path in (tmp_path / "out" / "sessions" / "checkpoints").glob(f"{sid}_*.json"):
         path.unlink()  # files behind the database: reconciliation rewrites them
 
-    second = await start_engine(tmp_path / "out", databases(name))
-    try:
+    async with running_engine(tmp_path / "out", databases(name)) as second:
         assert second.last_reconcile is not None
         assert second.last_reconcile.checkpoints_to_files == newest
         reads = CountingReads(second)
         assert sid in await second.recover(auto_resume=False)
         assert (reads.scans, reads.records) == (0, [sid])
         await assert_recorded_interrupted(second, sid, newest)
-    finally:
-        await second.stop()
