@@ -431,20 +431,7 @@ class MongoStore:
         # The last stage that writes goes journaled (see the module doc), unless it is the
         # session updates: SecantusDB syncs every update of a journaled bulk_write on its
         # own, so a journaled mark follows them instead.
-        embedded = (
-            batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
-        )
-        summaries = bool(batch.session_updates or embedded)
-        records = bool(batch.images or batch.logs)
-        journaled = (
-            "mark"
-            if summaries
-            else "checkpoints"
-            if batch.checkpoints
-            else "records"
-            if records
-            else "sessions"
-        )
+        journaled = _journaled_stage(batch)
         if batch.new_sessions:
             documents = [_new_session_document(d) for d in batch.new_sessions]
             coll = self._sessions if journaled == "sessions" else self._batch_sessions
@@ -468,7 +455,7 @@ class MongoStore:
             batch.checkpoints,
             self._checkpoints if journaled == "checkpoints" else self._batch_checkpoints,
         )
-        if summaries:
+        if journaled == "mark":
             await self._update_sessions(batch, max(0, embedded_keep), self._batch_sessions)
             await self._sync_journal()
         return fenced
@@ -787,6 +774,20 @@ class MongoStore:
                 self._bulk_updates = False
             logger.info("session updates via bulk_write: %s", self._bulk_updates)
         return self._bulk_updates
+
+
+def _journaled_stage(batch: PersistBatch) -> str:
+    """The last stage of ``batch`` that writes, whose write goes journaled: ``mark`` (a
+    journaled write after the session updates), ``checkpoints``, ``records`` (image
+    records and logs) or ``sessions`` (new session documents)."""
+    embedded = batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
+    if batch.session_updates or embedded:
+        return "mark"
+    if batch.checkpoints:
+        return "checkpoints"
+    if batch.images or batch.logs:
+        return "records"
+    return "sessions"
 
 
 def _new_session_document(document: dict[str, Any]) -> dict[str, Any]:
