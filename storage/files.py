@@ -353,8 +353,12 @@ class FileStore:
                 torn, and a retry of the whole batch is safe.
         """
         encoded = [(path, atomic.encode_json(data)) for path, data in items]
-        root = self.root.resolve()
-        outside = [path for path in placed or () if not path.resolve().is_relative_to(root)]
+        # Lexical (no file system calls on the batch's path): the paths are ours, built
+        # from validated ids; this only catches a caller's mistake.
+        root = os.path.abspath(self.root)
+        outside = [
+            p for p in placed or () if os.path.commonpath([root, os.path.abspath(p)]) != root
+        ]
         if outside:
             raise ValidationError(f"placed files outside the output folder: {outside}")
         try:
