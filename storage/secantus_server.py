@@ -61,7 +61,7 @@ def _memoized_catalog(original: Callable[..., Any]) -> Callable[..., Any]:
     def iter_indexes(self: Any, db: str, coll: str) -> Iterator[Any]:
         memo: dict[tuple[str, str], list[Any]] | None = getattr(_scope, "memo", None)
         if memo is None:
-            return iter(list(original(self, db, coll)))
+            return original(self, db, coll)
         key = (db, coll)
         if key not in memo:
             memo[key] = list(original(self, db, coll))
