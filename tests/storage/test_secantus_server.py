@@ -1,12 +1,14 @@
-"""The embedded database's process: SecantusDB with its index catalog read once per chunk
-and each database's profiling level kept (storage/secantus_server.py).
+"""The embedded database's process: SecantusDB with its index catalog read once per chunk,
+each database's profiling level kept, and ``$in`` over strings answered by a set lookup
+(storage/secantus_server.py).
 
 Two sides. In-process, on SecantusDB's own ``Storage``, the patch must cut the catalog
 reads of a bulk write from several per document to one per chunk, and read a profiling
 level once until it is set again. Over the wire, on the engine's real database process,
 indexes must still be exact after the writes the patch touches (duplicates refused,
 collations applied, an index created between two batches filled by the second, updated
-keys moved), and commands profiled exactly while profiling is on."""
+keys moved), commands profiled exactly while profiling is on, and a ``$in`` must match
+exactly what SecantusDB's own matcher matches."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import pytest
 import secantus
 from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError
+from secantus import collation as secantus_collation
+from secantus import query as secantus_query
 from secantus import storage as secantus_storage
 
 from storage import secantus_server
@@ -32,11 +36,13 @@ def patched_storage_class() -> Iterator[type]:
     store = secantus_storage.Storage
     names = ("_iter_indexes", "get_profile", "set_profile", *secantus_server.CHUNK_METHODS)
     saved = {name: store.__dict__[name] for name in names}
+    op_matches = secantus_query._op_matches
     try:
         yield store
     finally:
         for name, value in saved.items():
             setattr(store, name, value)
+        secantus_query._op_matches = op_matches
 
 
 def _count_catalog_reads(store: Any) -> list[int]:
@@ -172,6 +178,84 @@ def test_patch_is_refused_for_a_version_it_was_not_checked_against(
     assert patched_storage_class.__dict__["_insert_chunk"] is original
 
 
+IN_DOCUMENTS: list[dict[str, Any]] = [
+    {"_id": 1, "s": "a"},
+    {"_id": 2, "s": "B"},
+    {"_id": 3, "s": ["x", "b"]},
+    {"_id": 4, "s": [["a"]]},
+    {"_id": 5},
+    {"_id": 6, "s": None},
+    {"_id": 7, "s": 1},
+    {"_id": 8, "s": {"k": "a"}},
+    {"_id": 9, "s": [1, "a"]},
+    {"_id": 10, "s": True},
+    {"_id": 11, "s": [{"k": "a"}, {"k": "z"}]},
+    {"_id": 12, "s": ""},
+]
+IN_FILTERS: list[dict[str, Any]] = [
+    {"s": {"$in": ["a", "b"]}},
+    {"s": {"$in": ["B"]}},
+    {"s": {"$in": []}},
+    {"s": {"$in": [""]}},
+    {"s": {"$in": ["a", None]}},  # not all strings: SecantusDB's own path
+    {"s": {"$in": ["a", 1]}},
+    {"s": {"$in": [["a"]]}},
+    {"s": {"$nin": ["a", "b"]}},
+    {"s.k": {"$in": ["a"]}},
+    {"s.0": {"$in": ["x", "a"]}},
+    {"_id": {"$in": [1, 2]}, "s": {"$in": ["a", "B", "zz"]}},
+    {"$or": [{"s": {"$in": ["x"]}}, {"s": {"$in": ["B"]}}]},
+    {"s": {"$not": {"$in": ["a"]}}},
+]
+
+
+def _in_matches(patched: bool, collation: Any = None) -> list[list[Any]]:
+    if patched:
+        assert secantus_server.apply_patch()
+    return [
+        [doc["_id"] for doc in IN_DOCUMENTS if secantus_query.matches(doc, f, collation=collation)]
+        for f in IN_FILTERS
+    ]
+
+
+def test_patched_string_in_matches_exactly_what_secantus_matches(
+    patched_storage_class: type,
+) -> None:
+    caseless = secantus_collation.parse(CASELESS)
+    unpatched = (_in_matches(patched=False), _in_matches(False, caseless))
+    patched = (_in_matches(patched=True), _in_matches(True, caseless))
+
+    assert unpatched[0][0] == [1, 3, 9]  # the fixture covers arrays (one level deep only)
+    assert unpatched[1][1] == [2, 3]  # and a collation (case-insensitive "B")
+    assert patched == unpatched
+
+
+def test_patched_string_in_is_one_set_lookup_not_one_comparison_per_candidate(
+    patched_storage_class: type,
+) -> None:
+    comparisons = [0]
+    original = secantus_query._in_candidate_matches
+
+    def counting(*args: Any, **kwargs: Any) -> bool:
+        comparisons[0] += 1
+        return original(*args, **kwargs)
+
+    secantus_query._in_candidate_matches = counting
+    ids = [str(uuid.UUID(int=n)) for n in range(1000)]
+    query = {"session_id": {"$in": ids}}
+    try:
+        unpatched = [secantus_query.matches({"session_id": sid}, query) for sid in ids[::100]]
+        before, comparisons[0] = comparisons[0], 0
+        assert secantus_server.apply_patch()
+        patched = [secantus_query.matches({"session_id": sid}, query) for sid in ids[::100]]
+    finally:
+        secantus_query._in_candidate_matches = original
+
+    assert unpatched == patched == [True] * 10
+    assert before == sum(range(1, 1000, 100))  # every candidate up to the match
+    assert comparisons[0] == 0
+
+
 @pytest.fixture
 async def collection(embedded_db_uri: str) -> Any:
     client: Any = AsyncMongoClient(embedded_db_uri)
@@ -213,6 +297,26 @@ async def test_embedded_server_keeps_indexes_exact_through_bulk_writes(collectio
         assert len(await cursor.to_list(None)) == count
     with pytest.raises(BulkWriteError):
         await collection.insert_many([{"session_id": "b", "seq": 3}])
+
+
+async def test_embedded_server_answers_long_string_in_lists_exactly(collection: Any) -> None:
+    ids = [f"session-{n:04d}" for n in range(600)]
+    await collection.create_index([("session_id", 1)], name="session")
+    await collection.insert_many(
+        [{"session_id": sid, "n": n, "tags": [sid, "all"]} for n, sid in enumerate(ids)]
+        + [{"session_id": 7, "n": -1}, {"n": -2}]
+    )
+    wanted = ids[::3] + ["no-such-session"]
+
+    by_index = await collection.find({"session_id": {"$in": wanted}}).to_list(None)
+    by_array = await collection.find({"tags": {"$in": wanted}}).to_list(None)
+    mixed = await collection.find({"session_id": {"$in": [*wanted, 7]}}).to_list(None)
+    caseless = collection.find({"session_id": {"$in": ["SESSION-0003"]}}, collation=CASELESS)
+
+    assert sorted(doc["n"] for doc in by_index) == list(range(0, 600, 3))
+    assert sorted(doc["n"] for doc in by_array) == list(range(0, 600, 3))
+    assert sorted(doc["n"] for doc in mixed) == [-1, *range(0, 600, 3)]
+    assert [doc["n"] for doc in await caseless.to_list(None)] == [3]
 
 
 async def test_embedded_server_profiles_commands_only_while_profiling_is_on(
