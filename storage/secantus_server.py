@@ -1,4 +1,4 @@
-"""Run the embedded SecantusDB server, with three measured fixes.
+"""Run the embedded SecantusDB server, with four measured fixes.
 
 The engine starts this file as the database process (``python storage/secantus_server.py
 ARGS``, ARGS as for ``python -m secantus``). It is a script, not an import of our package:
@@ -36,6 +36,17 @@ candidate is a ``str``, no collation applies and every value the path reaches is
 case (numbers, arrays as values, ``None``, a collation, regexes) takes SecantusDB's own
 path.
 
+And updates rewrite only the index entries they change. SecantusDB rewrites a document
+by deleting every index entry it had and writing every entry of its new version, so
+taking the lease of a session (``owner``, ``epoch``: no index) rewrote the entries of all
+three indexes of ``sessions``. Both update paths check the new version's unique keys
+against the document's RecordId (``_unique_conflict``), then delete and write that
+RecordId's entries. That check names the new version, so the delete and the write that
+follow skip each index whose entries are equal for both versions: the same partial-filter
+membership and the same key bytes (collation and multikey included); geo indexes are
+always rewritten. An update of 32 session documents' lease fields: 31.6 → 21-23 ms in
+process. A document whose update is refused drops its announcement.
+
 The patches are applied only to the SecantusDB version they were checked against; any
 other version runs unpatched, with a warning in its log.
 """
@@ -62,6 +73,17 @@ PATCHED_VERSIONS = frozenset({"0.7.0b3"})
 
 CHUNK_METHODS = ("_insert_chunk", "_update_chunk", "_update_matching_single_txn")
 """Storage methods that run one statement chunk with the collection lock held."""
+
+UPDATE_METHODS = ("_update_chunk", "_update_matching_single_txn")
+"""The two update paths: each rewrites a document's index entries as delete all, write all."""
+
+REWRITE_METHODS = (
+    "_chunk_doc_update_checked",
+    "_unique_conflict",
+    "_delete_index_entries",
+    "_write_index_entries",
+)
+"""Storage methods wrapped so that an update skips the index entries it leaves unchanged."""
 
 _scope = threading.local()
 
@@ -156,6 +178,128 @@ def _string_sets(op_matches: Callable[..., Any]) -> Callable[..., Any]:
     return matches
 
 
+class _Rewrite:
+    """One document an update is about to rewrite: its new version, announced by the
+    update's unique-key check, and the indexes whose entries it really changes."""
+
+    __slots__ = ("changed", "new", "recordid")
+
+    def __init__(self, new: dict[str, Any], recordid: int) -> None:
+        self.new, self.recordid = new, recordid
+        self.changed: list[Any] | None = None
+
+
+def _unchanged_entries_kept(storage: Any) -> dict[str, Callable[..., Any]]:
+    """Storage methods that let an update leave alone the index entries it would delete
+    and write back unchanged (see the module docstring)."""
+    store = storage.Storage
+    unique_conflict = store._unique_conflict
+    delete_entries = store._delete_index_entries
+    write_entries = store._write_index_entries
+
+    def same_entries(
+        self: Any, db: str, coll: str, old: Any, new: Any, index: Any, partials: Any
+    ) -> bool:
+        name, key_spec, sparse, _unique = index
+        if storage._geo_type_of(key_spec) is not None:
+            return False  # geo cells: always rewritten, as SecantusDB does
+        partial = partials.get(name) if partials is not None else None
+        if partial is not None:
+            covered = storage.matches(old, partial)
+            if covered != storage.matches(new, partial):
+                return False
+            if not covered:
+                return True  # in the index neither before nor after
+        options = self._index_options_map(db, coll).get(name, {})
+        collation = storage._parse_index_collation(options.get("collation"))
+        keys = functools.partial(
+            storage._index_key_variants, key_spec=key_spec, sparse=sparse, collation=collation
+        )
+        return list(keys(old)) == list(keys(new))
+
+    @functools.wraps(unique_conflict)
+    def announce(
+        self: Any, db: str, coll: str, doc: Any, indexes: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        recordid = kwargs.get("exclude_recordid")
+        if getattr(_scope, "updating", False):
+            # Only the update paths check a document that already has a RecordId; the
+            # index entries of that RecordId are deleted and written next, if at all.
+            _scope.rewrite = _Rewrite(doc, recordid) if recordid is not None else None
+        return unique_conflict(self, db, coll, doc, indexes, *args, **kwargs)
+
+    @functools.wraps(delete_entries)
+    def delete(
+        self: Any, db: str, coll: str, doc: Any, indexes: Any, partials: Any = None, *,
+        recordid: int,
+    ) -> None:  # fmt: skip
+        rewrite: _Rewrite | None = getattr(_scope, "rewrite", None)
+        if (
+            rewrite is not None
+            and rewrite.recordid == recordid
+            and rewrite.changed is None
+            and rewrite.new.get("_id") == doc.get("_id")
+            and indexes
+        ):
+            rewrite.changed = [
+                index
+                for index in indexes
+                if not same_entries(self, db, coll, doc, rewrite.new, index, partials)
+            ]
+            indexes = rewrite.changed
+        else:
+            _scope.rewrite = None
+        delete_entries(self, db, coll, doc, indexes, partials, recordid=recordid)
+
+    @functools.wraps(write_entries)
+    def write(
+        self: Any, db: str, coll: str, doc: Any, indexes: Any, partials: Any = None, *,
+        recordid: int,
+    ) -> None:  # fmt: skip
+        rewrite: _Rewrite | None = getattr(_scope, "rewrite", None)
+        _scope.rewrite = None
+        if (
+            rewrite is not None
+            and rewrite.recordid == recordid
+            and rewrite.new is doc
+            and rewrite.changed is not None
+        ):
+            indexes = rewrite.changed
+        write_entries(self, db, coll, doc, indexes, partials, recordid=recordid)
+
+    checked_update = store._chunk_doc_update_checked
+
+    @functools.wraps(checked_update)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return checked_update(self, *args, **kwargs)
+        except BaseException:
+            # The chunk keeps going without this document (it commits what came before):
+            # whatever its index entries see next is not its rewrite.
+            _scope.rewrite = None
+            raise
+
+    return {
+        "_chunk_doc_update_checked": checked,
+        "_unique_conflict": announce,
+        "_delete_index_entries": delete,
+        "_write_index_entries": write,
+    }
+
+
+def _updating(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def update(self: Any, *args: Any, **kwargs: Any) -> Any:
+        outer = getattr(_scope, "updating", False), getattr(_scope, "rewrite", None)
+        _scope.updating, _scope.rewrite = True, None
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _scope.updating, _scope.rewrite = outer
+
+    return update
+
+
 def apply_patch() -> bool:
     """Apply the patches (see the module docstring); return whether they were applied."""
     import secantus
@@ -170,6 +314,11 @@ def apply_patch() -> bool:
         or retry is None
         or not all(hasattr(store, name) for name in ("_iter_indexes", "get_profile", "set_profile"))
         or not hasattr(query, "_op_matches")
+        or not all(hasattr(store, name) for name in REWRITE_METHODS)
+        or not all(
+            hasattr(storage, name)
+            for name in ("_geo_type_of", "matches", "_parse_index_collation", "_index_key_variants")
+        )
         or any(not hasattr(method, "__wrapped__") for method in chunks)
     ):
         logger.warning("SecantusDB %s runs unpatched (the patches were checked on %s)",
@@ -178,14 +327,19 @@ def apply_patch() -> bool:
     store._iter_indexes = _memoized_catalog(store._iter_indexes)
     for name, method in zip(CHUNK_METHODS, chunks, strict=True):
         # Inside the retry wrapper, so that every retried attempt starts a fresh memo.
-        setattr(store, name, retry(_in_memo_scope(method.__wrapped__)))
+        inner = method.__wrapped__
+        if name in UPDATE_METHODS:
+            inner = _updating(inner)
+        setattr(store, name, retry(_in_memo_scope(inner)))
+    for name, method in _unchanged_entries_kept(storage).items():
+        setattr(store, name, method)
     store.get_profile, store.set_profile = _cached_profile_reads(
         store.get_profile, store.set_profile
     )
     query._op_matches = _string_sets(query._op_matches)
     logger.info(
         "SecantusDB %s: index catalog read once per statement chunk, profiling level cached,"
-        " $in over strings as a set",
+        " $in over strings as a set, unchanged index entries kept by updates",
         version,
     )
     return True

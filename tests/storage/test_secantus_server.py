@@ -1,6 +1,6 @@
 """The embedded database's process: SecantusDB with its index catalog read once per chunk,
-each database's profiling level kept, and ``$in`` over strings answered by a set lookup
-(storage/secantus_server.py).
+each database's profiling level kept, ``$in`` over strings answered by a set lookup, and
+updates that rewrite only the index entries they change (storage/secantus_server.py).
 
 Two sides. In-process, on SecantusDB's own ``Storage``, the patch must cut the catalog
 reads of a bulk write from several per document to one per chunk, and read a profiling
@@ -8,10 +8,12 @@ level once until it is set again. Over the wire, on the engine's real database p
 indexes must still be exact after the writes the patch touches (duplicates refused,
 collations applied, an index created between two batches filled by the second, updated
 keys moved), commands profiled exactly while profiling is on, and a ``$in`` must match
-exactly what SecantusDB's own matcher matches."""
+exactly what SecantusDB's own matcher matches; after updates of every kind the index
+entries and unique-key claims must equal those of unpatched SecantusDB."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +36,13 @@ CASELESS = {"locale": "en", "strength": 2}
 def patched_storage_class() -> Iterator[type]:
     """SecantusDB's Storage with the patch applied, restored afterwards."""
     store = secantus_storage.Storage
-    names = ("_iter_indexes", "get_profile", "set_profile", *secantus_server.CHUNK_METHODS)
+    names = (
+        "_iter_indexes",
+        "get_profile",
+        "set_profile",
+        *secantus_server.CHUNK_METHODS,
+        *secantus_server.REWRITE_METHODS,
+    )
     saved = {name: store.__dict__[name] for name in names}
     op_matches = secantus_query._op_matches
     try:
@@ -138,6 +146,93 @@ def test_patched_writes_leave_the_same_index_entries_as_unpatched_ones(
     assert len(entries) >= 44  # the colour index: a document each, more for the array
     assert any(b"multikey" in row[-1] for row in catalog)
     assert patched == unpatched
+
+
+def _index_tables_after_updates(patched: bool) -> list[Any]:
+    """Index entries, unique claims and catalog after updates of every kind (fresh storage)."""
+    if patched:
+        assert secantus_server.apply_patch()
+    storage = secantus_storage.Storage(":memory:")
+    update = functools.partial(storage.update_matching, DB, COLL)
+    try:
+        storage.create_index(DB, COLL, "key", {"key": 1}, {"unique": True})
+        storage.create_index(DB, COLL, "live_status", {"status": 1},
+                             {"partialFilterExpression": {"live": True}})  # fmt: skip
+        storage.create_index(DB, COLL, "opt", {"opt": 1}, {"sparse": True})
+        storage.create_index(DB, COLL, "tags_name", {"tags": 1, "name": 1},
+                             {"collation": CASELESS})  # fmt: skip
+        storage.insert(DB, COLL, [
+            {"_id": n, "key": f"k{n}", "status": "new", "live": n % 2 == 0, "opt": n,
+             "tags": ["a"], "name": f"N{n}", "note": ""}
+            for n in range(40)
+        ])  # fmt: skip
+        update({}, {"$set": {"note": "touched"}, "$inc": {"epoch": 1}}, multi=True)
+        update({"_id": {"$lt": 10}}, {"$set": {"status": "running"}}, multi=True)
+        update({"_id": {"$lt": 20}}, {"$set": {"live": True}}, multi=True)  # into the partial
+        update({"_id": 4}, {"$set": {"live": False, "status": "gone"}})  # out of it
+        update({"_id": {"$gte": 30}}, {"$unset": {"opt": ""}}, multi=True)  # sparse: out
+        update({"_id": 5}, {"$push": {"tags": "B"}})  # multikey grows
+        update({"_id": 6}, {"$set": {"name": "n6"}})  # equal under the collation, new bytes
+        update({"_id": 7}, {"$set": {"key": "k7"}})  # no change at all
+        update({"_id": 8}, {"key": "k8", "status": "replaced"})  # a replacement
+        update({"_id": 99}, {"$set": {"key": "k99"}}, upsert=True)
+        with pytest.raises(secantus_storage.IndexConflict):  # a unique key taken mid-chunk
+            update({"_id": {"$in": [20, 21]}}, {"$set": {"key": "kz", "tags": []}}, multi=True)
+        with pytest.raises(secantus_storage.IndexConflict):
+            update({"_id": 12}, {"$set": {"key": "k13"}})
+        update({"_id": {"$gte": 10}}, {"$set": {"note": "again"}}, multi=True)
+        tables = (
+            secantus_storage._IDX_ENTRIES_TABLE,
+            secantus_storage._UNIQ_TABLE,
+            secantus_storage._IDX_TABLE,
+        )
+        docs = storage.find_matching(DB, COLL, {})
+        return [[tuple(row) for row in storage._cursor(table)] for table in tables] + [docs]
+    finally:
+        storage.close()
+
+
+def test_patched_updates_leave_the_same_index_entries_as_unpatched_ones(
+    patched_storage_class: type,
+) -> None:
+    unpatched = _index_tables_after_updates(patched=False)
+    patched = _index_tables_after_updates(patched=True)
+
+    entries, claims, _catalog, docs = unpatched
+    assert len(entries) > 120 and len(claims) == 41
+    keys = {doc["_id"]: doc["key"] for doc in docs}
+    assert (keys[20], keys[21]) == ("kz", "k21")  # what came before the refusal stays
+    assert patched == unpatched
+
+
+def test_patched_update_rewrites_only_the_index_entries_it_changes(
+    patched_storage_class: type,
+) -> None:
+    rewritten: list[list[str]] = []
+    original = patched_storage_class._delete_index_entries
+
+    def counting(self: Any, db: str, coll: str, doc: Any, indexes: Any, *args: Any,
+                 **kwargs: Any) -> None:  # fmt: skip
+        rewritten.append([index[0] for index in indexes])
+        original(self, db, coll, doc, indexes, *args, **kwargs)
+
+    patched_storage_class._delete_index_entries = counting
+    assert secantus_server.apply_patch()
+    storage = secantus_storage.Storage(":memory:")
+    try:
+        for name in ("status", "owner", "manuscript"):
+            storage.create_index(DB, COLL, name, {name: 1}, {})
+        storage.insert(DB, COLL, [{"_id": n, "status": "running", "epoch": 1} for n in range(50)])
+        storage.update_matching(DB, COLL, {}, {"$inc": {"epoch": 1}}, multi=True)
+        storage.update_matching(DB, COLL, {"_id": 3}, {"$set": {"lease": 9}})
+        untouched, rewritten[:] = list(rewritten), []
+        storage.update_matching(DB, COLL, {}, {"$set": {"status": "paused"}}, multi=True)
+        storage.update_matching(DB, COLL, {"_id": 3}, {"$set": {"owner": "b"}})
+    finally:
+        storage.close()
+
+    assert untouched == [[]] * 51
+    assert rewritten == [["status"]] * 50 + [["owner"]]
 
 
 def test_profiling_level_is_read_once_and_follows_every_change(
