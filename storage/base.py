@@ -53,9 +53,11 @@ class SessionStore(Protocol):
         """The session document plus all its checkpoints in sequence order (latest last)."""
 
     async def get_sessions_for_resume(
-        self, session_ids: list[str]
+        self, session_ids: list[str], documents: dict[str, dict[str, Any]] | None = None
     ) -> dict[str, tuple[dict[str, Any], list[Checkpoint]]]:
-        """The same for many sessions at once (those without a document are left out)."""
+        """The same for many sessions at once (those without a document are left out);
+        ``documents``: session documents the caller has just read (only the checkpoints
+        are read then)."""
 
     async def delete_session(self, session_id: SessionId) -> None:
         """Delete a session with its checkpoints, logs and image records."""

@@ -67,7 +67,7 @@ _UNJOURNALED = WriteConcern(w=1, j=False)
 """The write concern of a batch's writes before its journaled mark (see the module doc)."""
 COMMIT_MARKS = "commit_marks"
 """Collection of the one document whose journaled ``$inc`` ends every batch."""
-_EVENT_SEQ_CHUNK = 8
+_EVENT_SEQ_CHUNK = 32
 """Sessions per query of :meth:`MongoStore.last_event_seqs`."""
 _BULK_PROBE_ID = "\x00bulk-write-probe"
 """A session ``_id`` no real session has: the probe's update matches nothing."""
@@ -273,26 +273,30 @@ class MongoStore:
         return session, await self.list_checkpoints(session_id)
 
     async def get_sessions_for_resume(
-        self, session_ids: list[str]
+        self, session_ids: list[str], documents: dict[str, dict[str, Any]] | None = None
     ) -> dict[str, tuple[dict[str, Any], list[Checkpoint]]]:
-        """:meth:`get_session_for_resume` of many sessions, two queries per 32 of them."""
+        """:meth:`get_session_for_resume` of many sessions, two queries per 32 of them
+        (one: the checkpoints, when ``documents`` has the session documents)."""
         found: dict[str, tuple[dict[str, Any], list[Checkpoint]]] = {}
         for chunk in chunks(list(dict.fromkeys(session_ids))):
-            documents = await self._find(
-                self._sessions, "get sessions", {"_id": {"$in": chunk}}, [("_id", ASCENDING)]
-            )
-            if not documents:
+            if documents is None:
+                chunk_documents = await self._find(
+                    self._sessions, "get sessions", {"_id": {"$in": chunk}}, [("_id", ASCENDING)]
+                )
+            else:
+                chunk_documents = [documents[sid] for sid in chunk if sid in documents]
+            if not chunk_documents:
                 continue
             docs = await self._find(
                 self._checkpoints,
                 "list checkpoints",
-                {"session_id": {"$in": [d["_id"] for d in documents]}},
+                {"session_id": {"$in": [d["_id"] for d in chunk_documents]}},
                 [("session_id", ASCENDING), ("sequence_number", ASCENDING)],
             )
             by_session: dict[str, list[Checkpoint]] = {}
             for doc in docs:
                 by_session.setdefault(doc["session_id"], []).append(Checkpoint.from_document(doc))
-            for document in documents:
+            for document in chunk_documents:
                 found[document["_id"]] = (document, by_session.get(document["_id"], []))
         return found
 

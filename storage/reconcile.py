@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,16 +94,23 @@ async def reconcile(
     *,
     embedded_keep: int = 16,
     owner: str | None = None,
+    scan: Awaitable[ScanReport] | None = None,
 ) -> ReconcileReport:
     """Bring the files and the database level with each other (see module docstring).
 
     With ``owner`` (our instance id), sessions another live instance holds the lease of
-    are left alone: their files and records are that instance's, in flux.
+    are left alone: their files and records are that instance's, in flux. ``scan``: the
+    scan of the files, if the caller started it already (default: scanned here).
     """
     report = ReconcileReport()
-    scan = await asyncio.to_thread(files.scan)
-    db_documents = {d["session_id"]: d for d in await store.list_sessions(limit=1_000_000)}
-    session_ids = set(scan.sessions) | set(scan.checkpoints) | set(db_documents)
+    # The files are read on a worker thread while the database lists its sessions.
+    found, listed = await asyncio.gather(
+        scan if scan is not None else asyncio.to_thread(files.scan),
+        store.list_sessions(limit=1_000_000),
+    )
+    scan_report: ScanReport = found
+    db_documents = {d["session_id"]: d for d in listed}
+    session_ids = set(scan_report.sessions) | set(scan_report.checkpoints) | set(db_documents)
     now = utcnow()
     ours = [
         sid
@@ -114,8 +121,11 @@ async def reconcile(
     ]
     unchanged: dict[str, tuple[dict[str, Any], list[Checkpoint]]] = {}
     for chunk in chunks(ours):
-        # The database's checkpoints of 32 sessions in one query.
-        stored = await store.get_sessions_for_resume([sid for sid in chunk if sid in db_documents])
+        # The database's checkpoints of 32 sessions in one query (their documents were
+        # just listed).
+        stored = await store.get_sessions_for_resume(
+            [sid for sid in chunk if sid in db_documents], documents=db_documents
+        )
         writes = _Writes()  # one database batch and one file group per chunk
         for sid in chunk:
             key = SessionId(sid)
@@ -125,8 +135,8 @@ async def reconcile(
                 files,
                 describe,
                 key,
-                file_document=scan.sessions.get(key),
-                file_checkpoints=scan.checkpoints.get(key, []),
+                file_document=scan_report.sessions.get(key),
+                file_checkpoints=scan_report.checkpoints.get(key, []),
                 db_document=db_documents.get(sid),
                 db_checkpoints=stored[sid][1] if sid in stored else None,
                 report=report,
@@ -135,7 +145,7 @@ async def reconcile(
             if not wrote and sid in stored:
                 unchanged[sid] = stored[sid]
         await writes.apply(store, files, embedded_keep)
-    report.reads = StartupReads(scan, unchanged)
+    report.reads = StartupReads(scan_report, unchanged)
     return report
 
 
@@ -295,12 +305,15 @@ async def try_reconcile(
     *,
     embedded_keep: int = 16,
     owner: str | None = None,
+    scan: Awaitable[ScanReport] | None = None,
 ) -> ReconcileReport | None:
     """Reconcile unless the database is unreachable (then start-up goes on degraded)."""
     if store is None:
         return None
     try:
-        return await reconcile(store, files, describe, embedded_keep=embedded_keep, owner=owner)
+        return await reconcile(
+            store, files, describe, embedded_keep=embedded_keep, owner=owner, scan=scan
+        )
     except DatabaseUnavailableError as exc:
         logger.warning("reconciliation skipped: database unavailable (%s)", exc)
         return None

@@ -242,6 +242,23 @@ async def test_session_for_resume_has_all_checkpoints_in_sequence_order(store):
     assert await store.get_session_for_resume(SessionId(new_id())) is None
 
 
+async def test_sessions_for_resume_in_bulk_match_one_by_one_with_or_without_documents(store):
+    sids = [new_id() for _ in range(40)]  # more than one chunk of 32
+    for n, sid in enumerate(sids):
+        await store.create_session(session_doc(sid))
+        await store.append_checkpoints([checkpoint(sid, seq) for seq in range(1, n % 4 + 1)], KEEP)
+    missing = new_id()
+    one_by_one = {sid: await store.get_session_for_resume(SessionId(sid)) for sid in sids}
+    documents = {doc["_id"]: doc for doc in await store.list_sessions(limit=100)}
+
+    read = await store.get_sessions_for_resume([*sids, missing])
+    given = await store.get_sessions_for_resume([*sids, missing], documents=documents)
+
+    assert read == given == one_by_one
+    assert all(given[sid][0] is documents[sid] for sid in sids)  # not read again
+    assert [len(given[sid][1]) for sid in sids[:5]] == [0, 1, 2, 3, 0]
+
+
 async def test_checkpoint_round_trips_unchanged(store):
     sid = new_id()
     await store.create_session(session_doc(sid))
