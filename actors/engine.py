@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,20 +119,38 @@ class Engine(OperatorCommands):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the stores and start the actors (database trouble only degrades)."""
+    async def start(
+        self, database: Awaitable[Callable[[], SessionStore] | None] | None = None
+    ) -> None:
+        """Open the stores and start the actors (database trouble only degrades).
+
+        ``database``, if given, yields the store factory once the database is up (an
+        embedded server takes about a second to start): the engine reads its files for
+        the start-up reconciliation meanwhile. It replaces the constructor's factory.
+        """
         self.hub = EventHub(asyncio.get_running_loop())
         self.hub.subscribe(None, self._bundle_on_stop)
         await asyncio.to_thread(self._prepare_files)
-        if self.store_factory is not None:
-            self.store = await resolve_store(self.store_factory())
-            try:
-                await self.store.ensure_indexes()
-                self.database_ok = True
-            except DatabaseUnavailableError as exc:
-                logger.warning("database unavailable at start-up (%s); running on files", exc)
-            if self.database_ok:
-                await self._reconcile()
+        scan: asyncio.Future[ScanReport] | None = None
+        if database is not None or self.store_factory is not None:
+            scan = asyncio.ensure_future(asyncio.to_thread(self.files.scan))
+        try:
+            if database is not None:
+                self.store_factory = await database
+            if self.store_factory is not None:
+                self.store = await resolve_store(self.store_factory())
+                try:
+                    await self.store.ensure_indexes()
+                    self.database_ok = True
+                except DatabaseUnavailableError as exc:
+                    logger.warning("database unavailable at start-up (%s); running on files", exc)
+                if self.database_ok and scan is not None:
+                    await self._reconcile(scan)
+        finally:
+            if scan is not None and not scan.done():
+                scan.cancel()  # not needed (no database): the thread finishes on its own
+            elif scan is not None and not scan.cancelled():
+                scan.exception()  # read, so that an unused failed scan is not reported
         processing = self.config.processing
         self.persistence = self.persistence_class.start(
             self.files, self.store_factory, self.config.persistence, self.leases
@@ -152,7 +170,7 @@ class Engine(OperatorCommands):
             ),
         )
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, scan: Awaitable[ScanReport]) -> None:
         """Level the files and the database before anything runs (see storage.reconcile)."""
         assert self.store is not None
         report = await try_reconcile(
@@ -161,6 +179,7 @@ class Engine(OperatorCommands):
             self._describe,
             embedded_keep=self.config.persistence.embedded_checkpoints,
             owner=self.instance_id,
+            scan=scan,
         )
         if report is not None and (report.checkpoints_to_database or report.checkpoints_to_files):
             logger.info(

@@ -1,26 +1,29 @@
 """The aiohttp application: ``create_app(config)``.
 
 Resources open through ``cleanup_ctx`` in dependency order (database, then the
-engine's actors) and close in reverse: sessions pause at their next step boundary,
-persistence flushes, then the database stops.
+engine's actors; the engine reads its files while the database starts) and close in
+reverse: sessions pause at their next step boundary, persistence flushes, then the
+database stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from actors.engine import Engine
 from config import Config
 from pipeline.providers import Providers
+from storage.base import SessionStore
 from storage.database import open_database
 from web import metrics, openapi, routes_manuscripts, routes_processing, routes_sessions, websocket
 from web.keys import (
     CONFIG_KEY,
     DATABASE_KEY,
+    DATABASE_OPENING_KEY,
     ENGINE_KEY,
     PROVIDERS_KEY,
     START_LOCK_KEY,
@@ -74,17 +77,28 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    handle = await asyncio.to_thread(open_database, config)
-    app[DATABASE_KEY] = handle
+    # Not awaited here: the engine reads its files while the database comes up (about a
+    # second for the embedded server); it awaits the database in Engine.start.
+    opening = asyncio.ensure_future(asyncio.to_thread(open_database, config))
+    app[DATABASE_OPENING_KEY] = opening
     yield
+    try:
+        handle = await opening
+    except Exception:  # noqa: BLE001 - it never opened: start-up already reported why
+        return
     await asyncio.to_thread(handle.stop)
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
-    handle = app[DATABASE_KEY]
-    engine = Engine(config, handle.store_factory(config), providers=app[PROVIDERS_KEY])
-    await engine.start()
+
+    async def database() -> Callable[[], SessionStore]:
+        handle = await app[DATABASE_OPENING_KEY]
+        app[DATABASE_KEY] = handle
+        return handle.store_factory(config)
+
+    engine = Engine(config, None, providers=app[PROVIDERS_KEY])
+    await engine.start(database())
     app[ENGINE_KEY] = engine
     recovered = await engine.recover()
     if recovered:

@@ -13,6 +13,9 @@ from storage.database import DatabaseHandle
 
 CONFIG_KEY = web.AppKey("config", Config)
 DATABASE_KEY = web.AppKey("database", DatabaseHandle)
+"""The open database (set once it is up, before the engine reconciles)."""
+DATABASE_OPENING_KEY = web.AppKey[asyncio.Future[DatabaseHandle]]("database_opening")
+"""The database being opened on a worker thread, while the engine reads its files."""
 ENGINE_KEY = web.AppKey("engine", Engine)
 WEBSOCKETS_KEY = web.AppKey("websockets", set[web.WebSocketResponse])
 """Every WebSocket being opened or open (its handler removes it): counted against

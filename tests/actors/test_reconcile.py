@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import uuid
@@ -330,9 +331,9 @@ class CountingReads:
             self.scans += 1
             return scan()
 
-        async def counted_records(ids: list[str]) -> Any:
+        async def counted_records(ids: list[str], **kwargs: Any) -> Any:
             self.records += ids
-            return await records(ids)
+            return await records(ids, **kwargs)
 
         engine.files.scan = counted_scan  # type: ignore[method-assign]
         engine.store.get_sessions_for_resume = counted_records  # type: ignore[method-assign]
@@ -352,6 +353,43 @@ async def test_recovery_at_start_up_uses_what_reconciliation_read_and_reads_afre
         await assert_recorded_interrupted(second, sid, newest)
         await second.recover(auto_resume=True)  # once only: a later recovery reads afresh
         assert reads.scans == 1 and reads.records == [sid]
+
+
+async def test_files_are_read_while_the_database_opens_and_reconciled_once_it_is_up(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    name = f"o{uuid.uuid4().hex[:8]}"
+    sid, newest = await as_if_killed(tmp_path, databases, name, "running")
+    config = config_from_mapping(
+        {"output": {"directory": str(tmp_path / "out")}, "processing": {"auto_resume": False}},
+        env={},
+    )
+    engine = Engine(config, None, providers=RecordingProviders())
+    scanned = asyncio.Event()
+    scan = engine.files.scan
+    loop = asyncio.get_running_loop()
+
+    def scan_and_tell() -> Any:
+        report = scan()
+        loop.call_soon_threadsafe(scanned.set)
+        return report
+
+    async def database_up_after_the_scan() -> Any:
+        await scanned.wait()  # never set unless the files are read before the database
+        return databases(name)
+
+    engine.files.scan = scan_and_tell  # type: ignore[method-assign]
+    await asyncio.wait_for(engine.start(database_up_after_the_scan()), 20)
+    try:
+        reads = CountingReads(engine)
+        assert engine.database_ok and engine.store is not None
+        assert engine.last_reconcile is not None and engine.last_reconcile.sessions_checked == 1
+        assert sid in await engine.recover(auto_resume=False)
+        assert (reads.scans, reads.records) == (0, [])  # the early scan served both
+        await assert_recorded_interrupted(engine, sid, newest)
+    finally:
+        await engine.stop()
 
 
 async def test_a_session_reconciliation_wrote_for_is_read_again_by_recovery(
