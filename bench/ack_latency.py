@@ -72,11 +72,13 @@ from checkpoints import (  # noqa: E402
     SessionWatcher,
     capture_logs,
     checkpoints_per_session,
+    file_create_cost_us,
     filesystem_of,
     instant_providers,
     make_manuscript,
     percentile,
     run_one,
+    wait_for_cheap_file_creation,
 )
 from scale import proc_status  # noqa: E402
 
@@ -831,26 +833,6 @@ def verdict(rows: Iterable[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def file_create_cost_us(folder: Path, count: int = 200) -> float:
-    """Median microseconds to create (and close) one empty file in a new subfolder of ``folder``.
-
-    Every checkpoint creates two files (temp files renamed into place), so this bounds
-    the files part. It differs a lot between folders of one ext4 filesystem: on the
-    project's VM, 13-60 us under /work, /var/tmp or /root but 400-750 us (kernel time)
-    under /tmp, whose new folders land in a slow inode group.
-    """
-    probe = Path(tempfile.mkdtemp(prefix=".create-probe-", dir=folder))
-    times = []
-    try:
-        for i in range(count):
-            started = time.perf_counter()
-            os.close(os.open(probe / f"{i}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            times.append(time.perf_counter() - started)
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-    return 1e6 * percentile(times, 0.5)
-
-
 def offered_load(args: argparse.Namespace) -> float:
     """Checkpoints/s N sessions ask for: ``4 + M`` per chapter of ``1 + 2M`` provider calls."""
     calls = 1 + 2 * args.moments
@@ -901,9 +883,10 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     config = config_from_mapping({"output": {"directory": str(base)}}, env=os.environ)
     overrides = {k: v for k, v in os.environ.items() if k.startswith("ILLUSTRATOR_")}
+    create_us, waited = wait_for_cheap_file_creation(base)
     print(
         f"output {base} on {filesystem_of(base)}; creating a file there takes"
-        f" {file_create_cost_us(base):.0f} us; {os.cpu_count()} CPUs;"
+        f" {create_us:.0f} us (waited {waited:.0f} s for it); {os.cpu_count()} CPUs;"
         f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
         f"{args.sessions} sessions x {args.chapters} chapters x {args.moments} moments ="
         f" {checkpoints_per_session(args.chapters, args.moments)} checkpoints per session;"
