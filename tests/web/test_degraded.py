@@ -5,10 +5,13 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pykka
 import pytest
+from aiohttp.test_utils import TestServer
 from tests_support import EventRecorder
 
 from config import config_from_mapping
+from errors import EmbeddedDatabaseError
 from pipeline.providers import RecordingProviders
 from web.app import create_app
 from web.keys import ENGINE_KEY
@@ -77,3 +80,22 @@ async def test_server_starts_degraded_and_processes_on_files(
         if "backlog_records" in line and not line.startswith("#")
     ]
     assert backlog_lines and float(backlog_lines[0].split()[-1]) > 0
+
+
+async def test_an_embedded_database_that_cannot_start_fails_start_up_cleanly(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "database").write_text("a file where the database's folder should be")
+    config = config_from_mapping(
+        {"output": {"directory": str(out)}, "processing": {"auto_resume": False}}, env={}
+    )
+    server = TestServer(create_app(config, providers=RecordingProviders()))
+
+    with pytest.raises(EmbeddedDatabaseError, match="cannot use data directory"):
+        await server.start_server()
+    await server.close()  # the database context's clean-up has nothing to stop
+
+    assert not [ref for ref in pykka.ActorRegistry.get_all() if ref.is_alive()]
+    assert (out / "database").read_text().startswith("a file")
