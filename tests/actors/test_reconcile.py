@@ -22,8 +22,8 @@ from pipeline.providers import RecordingProviders
 pytestmark = pytest.mark.timeout(180)
 
 
-async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
-    config = config_from_mapping(
+def engine_config(out: Path) -> Any:
+    return config_from_mapping(
         {
             "output": {"directory": str(out)},
             "processing": {"auto_resume": False},
@@ -31,8 +31,11 @@ async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
         },
         env={},
     )
+
+
+async def start_engine(out: Path, factory: Any, **kwargs: Any) -> Engine:
     kwargs.setdefault("providers", RecordingProviders())
-    engine = Engine(config, factory, **kwargs)
+    engine = Engine(engine_config(out), factory, **kwargs)
     await engine.start()
     return engine
 
@@ -361,11 +364,7 @@ async def test_files_are_read_while_the_database_opens_and_reconciled_once_it_is
     databases = store_maker(backend, request)
     name = f"o{uuid.uuid4().hex[:8]}"
     sid, newest = await as_if_killed(tmp_path, databases, name, "running")
-    config = config_from_mapping(
-        {"output": {"directory": str(tmp_path / "out")}, "processing": {"auto_resume": False}},
-        env={},
-    )
-    engine = Engine(config, None, providers=RecordingProviders())
+    engine = Engine(engine_config(tmp_path / "out"), None, providers=RecordingProviders())
     scanned = asyncio.Event()
     scan = engine.files.scan
     loop = asyncio.get_running_loop()
