@@ -150,7 +150,7 @@ class Engine(OperatorCommands):
                     await self._reconcile(scan)
         finally:
             if scan is not None and not scan.done():
-                scan.cancel()  # not needed (no database): the thread finishes on its own
+                scan.cancel()  # unused (no database, or start-up failed); its thread ends alone
             elif scan is not None and not scan.cancelled():
                 scan.exception()  # read, so that an unused failed scan is not reported
         processing = self.config.processing
