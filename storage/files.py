@@ -355,10 +355,8 @@ class FileStore:
         encoded = [(path, atomic.encode_json(data)) for path, data in items]
         # Lexical (no file system calls on the batch's path): the paths are ours, built
         # from validated ids; this only catches a caller's mistake.
-        root = os.path.abspath(self.root)
-        outside = [
-            p for p in placed or () if os.path.commonpath([root, os.path.abspath(p)]) != root
-        ]
+        inside = os.path.join(os.path.abspath(self.root), "")
+        outside = [p for p in placed or () if not os.path.abspath(p).startswith(inside)]
         if outside:
             raise ValidationError(f"placed files outside the output folder: {outside}")
         try:

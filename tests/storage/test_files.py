@@ -608,6 +608,13 @@ def test_a_placed_file_outside_the_output_folder_is_refused_before_anything_is_w
     assert not item[0].exists()
 
 
+def test_placed_files_escaping_by_dots_or_a_sibling_prefix_are_refused(store: FileStore) -> None:
+    sibling = store.root.with_name(store.root.name + "-other") / "image.png"
+    for escaping in (store.root / "generated_images" / ".." / ".." / "x.png", sibling):
+        with pytest.raises(ValidationError, match="outside the output folder"):
+            store.write_many([], [escaping])
+
+
 def test_a_failed_data_sync_renames_nothing(
     group_store: FileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
