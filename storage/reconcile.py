@@ -104,11 +104,10 @@ async def reconcile(
     """
     report = ReconcileReport()
     # The files are read on a worker thread while the database lists its sessions.
-    found, listed = await asyncio.gather(
+    scan_report, listed = await asyncio.gather(
         scan if scan is not None else asyncio.to_thread(files.scan),
         store.list_sessions(limit=1_000_000),
     )
-    scan_report: ScanReport = found
     db_documents = {d["session_id"]: d for d in listed}
     session_ids = set(scan_report.sessions) | set(scan_report.checkpoints) | set(db_documents)
     now = utcnow()
