@@ -133,9 +133,8 @@ class Engine(OperatorCommands):
         self.hub = EventHub(asyncio.get_running_loop())
         self.hub.subscribe(None, self._bundle_on_stop)
         await asyncio.to_thread(self._prepare_files)
-        scan: asyncio.Future[ScanReport] | None = None
-        if database is not None or self.store_factory is not None:
-            scan = asyncio.ensure_future(asyncio.to_thread(self.files.scan))
+        # Reconciliation, or else recover(), reads every file: scanned once, from now on.
+        scan = asyncio.ensure_future(asyncio.to_thread(self.files.scan))
         try:
             if database is not None:
                 self.store_factory = await database
@@ -146,13 +145,16 @@ class Engine(OperatorCommands):
                     self.database_ok = True
                 except DatabaseUnavailableError as exc:
                     logger.warning("database unavailable at start-up (%s); running on files", exc)
-                if self.database_ok and scan is not None:
-                    await self._reconcile(scan)
-        finally:
-            if scan is not None and not scan.done():
-                scan.cancel()  # unused (no database, or start-up failed); its thread ends alone
-            elif scan is not None and not scan.cancelled():
-                scan.exception()  # read, so that an unused failed scan is not reported
+            if self.database_ok:
+                await self._reconcile(scan)
+            else:
+                self._startup_reads = StartupReads(await scan, {}, reconciled=False)
+        except BaseException:
+            if not scan.done():
+                scan.cancel()  # start-up failed; the scan's thread ends on its own
+            elif not scan.cancelled():
+                scan.exception()  # read, so that a failed scan is not reported twice
+            raise
         processing = self.config.processing
         self.persistence = self.persistence_class.start(
             self.files, self.store_factory, self.config.persistence, self.leases
@@ -636,7 +638,8 @@ class Engine(OperatorCommands):
                 if takeover:
                     return []
         # At start-up, reconciliation has just read the files and the database records of
-        # every session: those it wrote nothing for are used as read, once.
+        # every session: those it wrote nothing for are used as read, once. (With no
+        # database at start-up, start() read the files, and nothing has written them since.)
         reads = None if takeover else self._startup_reads
         self._startup_reads = None
         if takeover:
@@ -676,7 +679,9 @@ class Engine(OperatorCommands):
                 # The scan already read every file: no per-session directory listing (but
                 # for a session reconciliation wrote files for since).
                 key = SessionId(sid)
-                fresh = takeover or (reads is not None and sid not in unchanged)
+                fresh = takeover or (
+                    reads is not None and reads.reconciled and sid not in unchanged
+                )
                 files = None if fresh else (scan.sessions.get(key), scan.checkpoints.get(key, []))
                 state, behind = await self._load_state(sid, files, database, event_seq)
             except NotFoundError:

@@ -64,6 +64,9 @@ class StartupReads:
     unchanged: dict[str, tuple[dict[str, Any], list[Checkpoint]]]
     """Database document and checkpoints of the sessions reconciliation wrote nothing for
     (their files are as in ``scan`` too); the others must be read again."""
+    reconciled: bool = True
+    """False: no reconciliation ran (no database at start-up), so nothing was written
+    since the scan and it holds every session's files as they are."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from actors.messages import CheckpointReached, PauseSession
 from actors.persistence import PersistenceActor
 from config import config_from_mapping
 from pipeline.providers import RecordingProviders
+from storage.mongo import open_store
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -389,6 +391,31 @@ async def test_files_are_read_while_the_database_opens_and_reconciled_once_it_is
         await assert_recorded_interrupted(engine, sid, newest)
     finally:
         await engine.stop()
+
+
+async def test_with_the_database_down_at_start_up_recovery_uses_the_start_up_scan(
+    tmp_path: Path, request
+) -> None:
+    databases = store_maker("mongomock", request)  # for the first run; the second has none
+    sid, _ = await as_if_killed(tmp_path, databases, f"d{uuid.uuid4().hex[:8]}", "running")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
+
+    async with running_engine(
+        tmp_path / "out", lambda: open_store(uri, "down", server_selection_timeout_ms=100)
+    ) as engine:
+        assert not engine.database_ok
+        scans: list[str] = []
+        scan, load = engine.files.scan, engine._load_files
+        engine.files.scan = lambda: scans.append("all") or scan()  # type: ignore[method-assign]
+        engine._load_files = lambda s: scans.append(s) or load(s)  # type: ignore[method-assign]
+
+        assert sid in await engine.recover(auto_resume=False)
+        assert scans == []  # the files as start() read them: nothing wrote them since
+        await engine.recover(auto_resume=False)  # once only: a later recovery scans
+        assert scans == ["all"]
 
 
 async def test_a_session_reconciliation_wrote_for_is_read_again_by_recovery(
