@@ -197,9 +197,7 @@ def _unchanged_entries_kept(storage: Any) -> dict[str, Callable[..., Any]]:
     delete_entries = store._delete_index_entries
     write_entries = store._write_index_entries
 
-    def same_entries(
-        self: Any, db: str, coll: str, old: Any, new: Any, index: Any, partials: Any
-    ) -> bool:
+    def same_entries(old: Any, new: Any, index: Any, partials: Any, options: Any) -> bool:
         name, key_spec, sparse, _unique = index
         if storage._geo_type_of(key_spec) is not None:
             return False  # geo cells: always rewritten, as SecantusDB does
@@ -210,8 +208,7 @@ def _unchanged_entries_kept(storage: Any) -> dict[str, Callable[..., Any]]:
                 return False
             if not covered:
                 return True  # in the index neither before nor after
-        options = self._index_options_map(db, coll).get(name, {})
-        collation = storage._parse_index_collation(options.get("collation"))
+        collation = storage._parse_index_collation(options.get(name, {}).get("collation"))
         keys = functools.partial(
             storage._index_key_variants, key_spec=key_spec, sparse=sparse, collation=collation
         )
@@ -241,10 +238,11 @@ def _unchanged_entries_kept(storage: Any) -> dict[str, Callable[..., Any]]:
             and rewrite.new.get("_id") == doc.get("_id")
             and indexes
         ):
+            options = self._index_options_map(db, coll)  # once per document, not per index
             rewrite.changed = [
                 index
                 for index in indexes
-                if not same_entries(self, db, coll, doc, rewrite.new, index, partials)
+                if not same_entries(doc, rewrite.new, index, partials, options)
             ]
             indexes = rewrite.changed
         else:
