@@ -34,12 +34,18 @@ last 20,000 only; its histogram, which keeps all, is printed as a cross-check). 
 prints CPU per process and per engine thread group, RSS, loop lag, and what creating a
 file costs in the output folder (on a journal-less ext4 it depends on recent deletions).
 
+After each scenario the database batches the actor wrote are written again, in order and
+back to back, into a new database on the same server with nothing else running (no
+engine, no files): the database's own ceiling for exactly this workload, in checkpoints/s
+and database CPU per checkpoint, and the database cores the offered load would need
+(``--no-ceiling`` skips it). No design that acknowledges after the database can go faster.
+
 Run: ``.venv/bin/python bench/ack_latency.py [--sessions 1000] [--start burst,ramp]
 [--chapters 2] [--moments 10] [--provider-latency-ms 1000] [--ramp-seconds 10] [--quick]
-[--json FILE]``. ``--quick`` = 100 sessions, 1 chapter, 5 s ramp. Offered load: per chapter
-a session makes ``4 + M`` checkpoints in ``1 + 2M`` provider calls (analysis, M prompts,
-M images), so 1,000 sessions offer ~667 checkpoints/s with the default 10 moments and
-~1,200/s with ``--moments 2``, as long as acknowledgements are fast.
+[--no-ceiling] [--json FILE]``. ``--quick`` = 100 sessions, 1 chapter, 5 s ramp.
+Offered load: per chapter a session makes ``4 + M`` checkpoints in ``1 + 2M`` provider
+calls (analysis, M prompts, M images), so 1,000 sessions offer ~667 checkpoints/s with the
+default 10 moments and ~1,200/s with ``--moments 2``, as long as acknowledgements are fast.
 ``ILLUSTRATOR_*`` environment variables override the configuration, e.g.
 ``ILLUSTRATOR_PERSISTENCE_SESSION_SUMMARY_INTERVAL_MS=5000``.
 """
@@ -88,6 +94,8 @@ from actors.persistence import LATENCY_BUCKETS_MS  # noqa: E402
 from config import Config, config_from_mapping  # noqa: E402
 from pipeline.providers import SimulatedLatency, wrap_providers  # noqa: E402
 from storage import atomic  # noqa: E402
+from storage.mongo import open_store  # noqa: E402
+from storage.records import PersistBatch  # noqa: E402
 
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 25.0
@@ -131,6 +139,9 @@ class Timeline:
     other: list[tuple[str, float, float, dict[str, float]]] = field(default_factory=list)
     """Other messages the actor handled (lease renewal and summary timers, flushes):
     (message type, start, end, database seconds per operation outside commits)."""
+    database_work: list[tuple[PersistBatch, dict[str, int]]] = field(default_factory=list)
+    """Every database batch the actor wrote, in order (batch, log prunes): what the
+    ceiling replay (:func:`database_ceiling`) writes again."""
 
 
 _FILE_PHASES = threading.local()
@@ -264,6 +275,11 @@ class TimedPersistenceActor(CountingPersistenceActor):
                 batch.files_seconds = time.monotonic() - started
                 batch.files_count = self.stats.files_written - written
                 batch.file_phases = phases
+
+    async def _write_database(self, work: Any) -> None:
+        await super()._write_database(work)
+        # No copy: nothing changes a batch once written, and a copy would be charged here.
+        self.timeline.database_work.append((work.batch, work.prune))
 
     async def _drain_async(self) -> None:
         batch = self._batch
@@ -433,6 +449,15 @@ async def run_scenario(
     watcher.unsubscribe()
     await engine.stop()
     timeline: Timeline = stats.pop("bench_timeline")
+    ceiling = None
+    if not args.no_ceiling and engine.database_ok:
+        print(
+            f"  writing the run's {len(timeline.database_work)} database batches again, alone",
+            flush=True,
+        )
+        ceiling = await database_ceiling(
+            args.database_uri, timeline.database_work, config.persistence.embedded_checkpoints
+        )
     return {
         "scenario": args.scenario,
         "sessions": sessions,
@@ -458,8 +483,46 @@ async def run_scenario(
         "cpu_cores_database": (cpu_after[1] - cpu_before[1]) / (finished - started),
         "cpu_seconds_by_thread": cpu_by_thread,
         "timeline": timeline,
+        "database_ceiling": ceiling,
+        "offered_per_second": offered_load(args),
         "log_counts": dict(capture.counts),
         "log_first": list(capture.first),
+    }
+
+
+async def database_ceiling(
+    uri: str, work: list[tuple[PersistBatch, dict[str, int]]], keep: int
+) -> dict[str, Any]:
+    """The database alone: the run's own batches written again, in order and back to back,
+    through the same store code into a new database on the same server (stopped with the
+    scenario), with no engine, no files and no sessions running. Whatever acknowledges
+    after the database cannot sustain more checkpoints/s than this (nor can a writer behind
+    the acknowledgement keep up with more for long)."""
+    store = open_store(uri, "ack_latency_ceiling")
+    children = child_pids()
+    try:
+        await store.ensure_indexes()
+        cpu_before = sum(cpu_seconds(pid) for pid in children)
+        started = time.perf_counter()
+        for batch, prune in work:
+            await store.write_batch(batch, keep)
+            for session_id, kept in prune.items():
+                await store.prune_logs(session_id, kept)  # type: ignore[arg-type]
+        wall = time.perf_counter() - started
+        cpu = sum(cpu_seconds(pid) for pid in children) - cpu_before
+    finally:
+        await store.close()
+    checkpoints = sum(len(batch.checkpoints) for batch, _ in work)
+    records = sum(len(batch) for batch, _ in work)
+    return {
+        "batches": len(work),
+        "checkpoints": checkpoints,
+        "records": records,
+        "seconds": wall,
+        "checkpoints_per_second": checkpoints / wall if wall else 0.0,
+        "records_per_second": records / wall if wall else 0.0,
+        "database_cpu_seconds": cpu,
+        "database_cpu_ms_per_checkpoint": 1000 * cpu / checkpoints if checkpoints else 0.0,
     }
 
 
@@ -788,6 +851,18 @@ def print_scenario(result: dict[str, Any], analysis: dict[str, Any]) -> None:
             for k, (total, kernel) in r["cpu_seconds_by_thread"].items()
         )
     )
+    ceiling = r["database_ceiling"]
+    if ceiling:
+        cores = ceiling["database_cpu_ms_per_checkpoint"] * r["offered_per_second"] / 1000
+        print(
+            f"  database alone (the run's {ceiling['batches']} batches written again back to"
+            f" back, no engine): {ceiling['checkpoints_per_second']:.0f} ckpt/s"
+            f" ({ceiling['records_per_second']:.0f} records/s,"
+            f" {ceiling['records'] / max(1, ceiling['checkpoints']):.1f} per checkpoint) in"
+            f" {ceiling['seconds']:.1f} s; database CPU"
+            f" {ceiling['database_cpu_ms_per_checkpoint']:.2f} ms per checkpoint, so the"
+            f" offered {r['offered_per_second']:.0f} ckpt/s need {cores:.2f} database cores"
+        )
     print(
         f"  creating a file in the output folder after the run: {r['file_create_us_after']:.0f} us"
     )
@@ -865,6 +940,11 @@ def main() -> int:
     parser.add_argument("--no-image-fsync", action="store_true", help="write images without fsync")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--verbose", action="store_true", help="show the engine's INFO logs")
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip replaying the run's database batches alone (the database's ceiling)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sessions, args.chapters, args.ramp_seconds = 100, 1, 5.0

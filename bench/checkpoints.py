@@ -559,6 +559,7 @@ def run_one(
     db_started = time.perf_counter()
     handle = open_database(config)
     db_seconds = time.perf_counter() - db_started
+    args.database_uri = handle.uri  # for a level that opens a client of its own
     try:
         result = asyncio.run(
             (level or run_level)(config, handle.store_factory(config), sessions, args, capture)
