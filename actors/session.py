@@ -37,6 +37,7 @@ from pipeline.images import folder_sync_deferred, image_filename
 from pipeline.manuscripts import Chapter, Manuscript
 from pipeline.prompts import IllustrationPrompt
 from pipeline.providers import Providers
+from storage.atomic import make_dirs
 from storage.records import Checkpoint, ImageRecord, LogEntry
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class SessionActor(pykka.ThreadingActor):
         self._finished = False
         self._pending_publish: tuple[LogEntry, ...] = ()
         self._durable_snapshot: dict[str, Any] | None = None
+        self._image_folder_ready = False
+        """This session's image folder exists and its entry is durable."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -325,7 +328,11 @@ class SessionActor(pykka.ThreadingActor):
                 chapter=chapter.number,
             )
         else:
-            destination.parent.mkdir(parents=True, exist_ok=True)
+            if not self._image_folder_ready:
+                # Once per actor, durably: the batch syncs this folder for its images but
+                # not the entry that names it, which only its creation can sync.
+                make_dirs(destination.parent, fsync=True)
+                self._image_folder_ready = True
             # The image's data is synced before its rename; its folder, which makes the
             # rename durable, is synced by the checkpoint's batch (one sync for all).
             with folder_sync_deferred():

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.analysis import EmotionalMoment
 from pipeline.prompts import IllustrationPrompt, seed_for
-from storage.atomic import temp_path_for
+from storage.atomic import atomic_write, make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -111,29 +111,24 @@ def folder_sync_deferred() -> Iterator[None]:
 def write_file_atomically(destination: Path, data: bytes) -> None:
     """Write ``data`` to ``destination`` so that only the complete file can ever appear there.
 
-    The bytes go to a unique temporary file in the same folder, which is flushed, fsynced
-    and renamed over ``destination``; the folder is then fsynced so the rename survives a
-    crash (inside :func:`folder_sync_deferred`, by the caller's group commit). On any error
-    the temporary file is removed.
+    The storage layer's atomic write (:func:`storage.atomic.atomic_write`): a unique
+    temporary file in the same folder, written, fsynced and renamed over ``destination``;
+    its temp name is one the start-up clean-up recognises after a kill -9. The folder is
+    then fsynced so the rename survives a crash (inside :func:`folder_sync_deferred`, by
+    the caller's group commit). On any error the temporary file is removed. Missing
+    folders are created, each synced into its parent; an existing folder costs no system
+    call of its own.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    # The storage layer's temp name, so the start-up clean-up recognises and removes
-    # what a kill -9 left behind (and spares another live instance's writes).
-    temp_name = str(temp_path_for(destination))
-    fd = os.open(
-        temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644
-    )
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
+        atomic_write(destination, data, sync_folder=False)
+    except FileNotFoundError:
+        if destination.parent.is_dir():
+            raise
+        # Created with each new entry synced into its parent, so the folder cannot
+        # vanish in a crash with the image in it.
+        make_dirs(destination.parent, fsync=True)
+        atomic_write(destination, data, sync_folder=False)
     if not getattr(_deferred, "active", False):
         _fsync_folder(destination.parent)
 

@@ -276,13 +276,21 @@ def _write_temp(path: Path, payload: bytes, *, fsync: bool) -> Path:
     return temp
 
 
-def atomic_write(path: Path, payload: bytes, *, fsync: bool = True) -> None:
+def atomic_write(
+    path: Path, payload: bytes, *, fsync: bool = True, sync_folder: bool = True
+) -> None:
     """Replace ``path`` with ``payload``: temp file, write, fsync, rename, fsync folder.
 
     Args:
         path: final name; its folder must exist.
         payload: the complete new contents.
         fsync: make it durable (off only for tests and throw-away output).
+        sync_folder: with ``fsync``, also sync the folder (the rename); off when the
+            caller syncs it later, before it relies on the rename.
+
+    Raises:
+        FileNotFoundError: the folder does not exist (nothing written).
+        OSError: other failures; the temp file is removed, ``path`` is old or new.
     """
     temp = _write_temp(path, payload, fsync=fsync)
     try:
@@ -290,7 +298,7 @@ def atomic_write(path: Path, payload: bytes, *, fsync: bool = True) -> None:
     except BaseException:
         _discard([temp])
         raise
-    if fsync:
+    if fsync and sync_folder:
         fsync_dir(path.parent)
 
 

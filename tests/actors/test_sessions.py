@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from actors.persistence import PersistenceActor
 from domain import CheckpointType as T
 from errors import ConflictError
 from pipeline.providers import RecordingProviders
+from storage import atomic
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -120,6 +122,28 @@ async def test_each_image_folder_is_synced_by_the_batch_of_its_checkpoint(make_e
     assert sorted(WatchPlacedImages.seen) == [(name, True) for name in names]
     folder = engine.output_dir / "generated_images" / sid
     assert sorted(p.name for p in folder.iterdir()) == names  # no temp file left
+
+
+async def test_a_new_sessions_image_folder_is_synced_into_its_parent_once(
+    make_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batches sync generated_images/{sid} for its images, not the entry naming it in
+    # generated_images/: only its creation can, or a crash could lose the whole folder.
+    synced: list[Path] = []
+    fsync_dir = atomic.fsync_dir
+
+    def recording_fsync_dir(folder: Path) -> None:
+        synced.append(Path(folder))
+        fsync_dir(folder)
+
+    monkeypatch.setattr(atomic, "fsync_dir", recording_fsync_dir)
+    engine = await make_engine()
+    sid, status = await run_session(engine, EventRecorder(engine))
+    assert status == "completed"
+
+    images = engine.output_dir / "generated_images"
+    assert synced.count(images) == 1
+    assert (images / sid).is_dir()
 
 
 async def test_pause_then_resume_at_every_step_boundary_repeats_no_work(make_engine) -> None:

@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -18,6 +19,7 @@ from pipeline.images import (
     write_file_atomically,
 )
 from pipeline.prompts import IllustrationPrompt
+from storage import atomic
 
 MOMENT = EmotionalMoment(
     text_excerpt="The storm broke over the castle.",
@@ -114,6 +116,7 @@ def test_with_the_folder_sync_deferred_the_image_is_in_place_with_its_data_synce
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     destination = tmp_path / "images" / image_filename(1, 1)
+    destination.parent.mkdir()  # a new folder's own sync is another test's
     synced: list[str] = []
     fsync = os.fsync
 
@@ -131,6 +134,38 @@ def test_with_the_folder_sync_deferred_the_image_is_in_place_with_its_data_synce
 
     write_file_atomically(tmp_path / "after.png", b"x")  # outside the block: both again
     assert synced == ["file", "file", "folder"]
+
+
+def test_missing_folders_are_created_each_synced_into_its_parent_and_then_cost_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    made: list[str] = []
+    fsync_dir, mkdir = atomic.fsync_dir, os.mkdir
+
+    def recording_fsync_dir(folder: Path) -> None:
+        synced.append(Path(folder))
+        fsync_dir(folder)
+
+    def recording_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(os.fspath(path))
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "fsync_dir", recording_fsync_dir)
+    monkeypatch.setattr(os, "mkdir", recording_mkdir)
+    folder = tmp_path / "session" / "images"
+
+    with folder_sync_deferred():
+        write_file_atomically(folder / "a.png", b"a")
+    assert made == [str(tmp_path / "session"), str(folder)]
+    assert synced == [tmp_path, tmp_path / "session"]  # each new entry, in its parent
+
+    made.clear()
+    synced.clear()
+    with folder_sync_deferred():
+        write_file_atomically(folder / "b.png", b"b")
+    assert (made, synced) == ([], [])  # the folder exists: no mkdir, no extra sync
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]
 
 
 def test_missing_folders_are_created(tmp_path: Path) -> None:
