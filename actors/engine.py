@@ -59,6 +59,7 @@ from errors import (
 )
 from pipeline.manuscripts import Manuscript
 from pipeline.providers import Providers, build_providers
+from storage import atomic
 from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore, ScanReport
@@ -227,7 +228,7 @@ class Engine(OperatorCommands):
 
     def _prepare_files(self) -> None:
         self.files.ensure_layout()
-        (self.output_dir / "manuscripts").mkdir(parents=True, exist_ok=True)
+        atomic.make_dirs(self.output_dir / "manuscripts", fsync=self.files.fsync)
         removed = self.files.remove_stale_temp_files()
         if removed:
             logger.info("removed %d temp files left by a crash", removed)

@@ -15,6 +15,7 @@ from domain import CheckpointType as T
 from errors import ConflictError
 from pipeline.providers import RecordingProviders
 from storage import atomic
+from storage.files import FileStore
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -144,6 +145,25 @@ async def test_a_new_sessions_image_folder_is_synced_into_its_parent_once(
     images = engine.output_dir / "generated_images"
     assert synced.count(images) == 1
     assert (images / sid).is_dir()
+
+
+async def test_a_missing_manuscripts_folder_is_synced_into_its_parent_at_start(
+    make_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    FileStore(out).ensure_layout()  # every folder of the layout but manuscripts/
+    synced: list[Path] = []
+    fsync_dir = atomic.fsync_dir
+
+    def recording_fsync_dir(folder: Path) -> None:
+        synced.append(Path(folder))
+        fsync_dir(folder)
+
+    monkeypatch.setattr(atomic, "fsync_dir", recording_fsync_dir)
+    engine = await make_engine()
+    assert engine.output_dir == out
+    assert (out / "manuscripts").is_dir()
+    assert synced.count(out) == 1
 
 
 async def test_pause_then_resume_at_every_step_boundary_repeats_no_work(make_engine) -> None:
