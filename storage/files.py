@@ -264,6 +264,9 @@ class FileStore:
         self.recovery_dir = self.root / "sessions" / "recovery"
         self.images_dir = self.root / "generated_images"
         self.exports_dir = self.root / "exports"
+        self._inside: set[str] = set()
+        """Folders found inside the root (symlinks resolved): every batch writes to the
+        same few, and resolving them costs an lstat per path component."""
 
     def _folders(self) -> tuple[Path, ...]:
         return (
@@ -311,8 +314,15 @@ class FileStore:
         """``sessions/recovery/{session_id}.json``."""
         return self.recovery_dir / f"{_valid_id(session_id_)}.json"
 
-    def _inside_root(self, folder: Path) -> bool:
-        return folder.resolve().is_relative_to(self.root.resolve())
+    def _inside_root(self, folder: str | Path) -> bool:
+        """Whether ``folder``, symlinks resolved, lies inside the root (remembered if so)."""
+        key = os.fspath(folder)
+        if key in self._inside:
+            return True
+        if not Path(key).resolve().is_relative_to(self.root.resolve()):
+            return False
+        self._inside.add(key)
+        return True
 
     def _prepare_folders(self, paths: list[Path]) -> None:
         for folder in dict.fromkeys(path.parent for path in paths):
@@ -353,10 +363,8 @@ class FileStore:
                 torn, and a retry of the whole batch is safe.
         """
         encoded = [(path, atomic.encode_json(data)) for path, data in items]
-        # Lexical (no file system calls on the batch's path): the paths are ours, built
-        # from validated ids; this only catches a caller's mistake.
-        inside = os.path.join(os.path.abspath(self.root), "")
-        outside = [p for p in placed or () if not os.path.abspath(p).startswith(inside)]
+        # A placed file's folder is what the batch syncs for it.
+        outside = [p for p in placed or () if not self._inside_root(os.path.dirname(p))]
         if outside:
             raise ValidationError(f"placed files outside the output folder: {outside}")
         try:

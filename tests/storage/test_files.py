@@ -608,6 +608,27 @@ def test_a_placed_file_outside_the_output_folder_is_refused_before_anything_is_w
     assert not item[0].exists()
 
 
+def test_a_batch_resolves_only_folders_it_has_not_met_before(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = placed_image(store, sid())
+    store.write_many([store.checkpoint_entry(checkpoint(sid(), 1))], [image])
+    resolved: list[Path] = []
+    resolve = Path.resolve
+
+    def counting_resolve(self: Path, strict: bool = False) -> Path:
+        resolved.append(self)
+        return resolve(self, strict)
+
+    monkeypatch.setattr(Path, "resolve", counting_resolve)
+    store.write_many([store.checkpoint_entry(checkpoint(sid(), 1))], [image])
+    assert resolved == []  # the same folders: no lstat per path component again
+
+    other = placed_image(store, sid())
+    store.write_many([], [other])
+    assert other.parent in resolved
+
+
 def test_placed_files_escaping_by_dots_or_a_sibling_prefix_are_refused(store: FileStore) -> None:
     sibling = store.root.with_name(store.root.name + "-other") / "image.png"
     for escaping in (store.root / "generated_images" / ".." / ".." / "x.png", sibling):
