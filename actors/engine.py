@@ -59,7 +59,6 @@ from errors import (
 )
 from pipeline.manuscripts import Manuscript
 from pipeline.providers import Providers, build_providers
-from storage import atomic
 from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore, ScanReport
@@ -207,7 +206,7 @@ class Engine(OperatorCommands):
 
     async def _reconcile_manuscripts(self) -> None:
         assert self.store is not None
-        folder = self.output_dir / "manuscripts"
+        folder = self.files.manuscripts_dir
         paths = await asyncio.to_thread(lambda: sorted(folder.glob("*.json")))
         for path in paths:
             try:
@@ -228,7 +227,6 @@ class Engine(OperatorCommands):
 
     def _prepare_files(self) -> None:
         self.files.ensure_layout()
-        atomic.make_dirs(self.output_dir / "manuscripts", fsync=self.files.fsync)
         removed = self.files.remove_stale_temp_files()
         if removed:
             logger.info("removed %d temp files left by a crash", removed)
@@ -309,7 +307,7 @@ class Engine(OperatorCommands):
         return Manuscript.from_dict(document)
 
     def _manuscript_path(self, mid: str) -> Path:
-        return self.output_dir / "manuscripts" / f"{valid_manuscript_id(mid)}.json"
+        return self.files.manuscript_path(mid)
 
     # -- sessions ------------------------------------------------------------------------
 

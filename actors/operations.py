@@ -71,7 +71,7 @@ class OperatorCommands:
                 if "image" in cp.checkpoint_data
             ]
         if manuscript is None:
-            path = self.output_dir / "manuscripts" / f"{state.manuscript_id}.json"
+            path = self.files.manuscript_path(state.manuscript_id)
             if path.exists():
                 manuscript = await asyncio.to_thread(self.files.load_json, path)
         bundle = make_bundle(

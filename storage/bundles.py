@@ -87,7 +87,7 @@ async def restore_bundle(
         document.pop("format_version", None)
         if await store.get_manuscript(mid) is None:
             await store.create_manuscript(document)
-        path = files.root / "manuscripts" / f"{mid}.json"  # write_json makes missing folders
+        path = files.manuscript_path(mid)
         await asyncio.to_thread(files.write_json, path, document)
 
     if await store.get_session(sid) is None:

@@ -28,7 +28,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from domain import FORMAT_VERSION, SessionId, SessionStatus, isoformat, session_id
+from domain import (
+    FORMAT_VERSION,
+    SessionId,
+    SessionStatus,
+    isoformat,
+    manuscript_id,
+    session_id,
+)
 from errors import InvalidIdError, StorageError, ValidationError
 from storage import atomic
 from storage.atomic import MAX_FILE_BYTES, FileProblem, FileProblemError, ProblemKind, load_json
@@ -264,6 +271,7 @@ class FileStore:
         self.recovery_dir = self.root / "sessions" / "recovery"
         self.images_dir = self.root / "generated_images"
         self.exports_dir = self.root / "exports"
+        self.manuscripts_dir = self.root / "manuscripts"
         self._inside: set[str] = set()
         """Folders found inside the root (symlinks resolved): every batch writes to the
         same few, and resolving them costs an lstat per path component."""
@@ -275,6 +283,7 @@ class FileStore:
             self.recovery_dir,
             self.images_dir,
             self.exports_dir,
+            self.manuscripts_dir,
         )
 
     def ensure_layout(self) -> None:
@@ -309,6 +318,10 @@ class FileStore:
                 "sequence_number must be a positive integer", details={"field": "sequence_number"}
             )
         return self.checkpoints_dir / f"{sid}_{seq:08d}.json"
+
+    def manuscript_path(self, manuscript_id_: str) -> Path:
+        """``manuscripts/{manuscript_id}.json``."""
+        return self.manuscripts_dir / f"{manuscript_id(manuscript_id_)}.json"
 
     def recovery_path(self, session_id_: str) -> Path:
         """``sessions/recovery/{session_id}.json``."""

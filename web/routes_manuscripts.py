@@ -175,7 +175,7 @@ async def list_manuscripts(request: web.Request) -> web.Response:
         except DatabaseUnavailableError:
             documents = None
     if documents is None:
-        documents = await asyncio.to_thread(_manuscript_files, engine.output_dir / "manuscripts")
+        documents = await asyncio.to_thread(_manuscript_files, engine.files.manuscripts_dir)
     items = [_summary(d.get("manuscript_id") or d["_id"], d) for d in documents]
     return reply({"success": True, "manuscripts": items, "count": len(items)})
 
@@ -213,7 +213,7 @@ async def delete_manuscript(request: web.Request) -> web.Response:
     existed = False
     if engine.store is not None:
         existed = await engine.store.delete_manuscript(mid)
-    path = engine.output_dir / "manuscripts" / f"{mid}.json"
+    path = engine.files.manuscript_path(mid)
     existed = await asyncio.to_thread(_unlink, path) or existed
     if not existed:
         raise NotFoundError(f"manuscript {mid} not found", details={"manuscript_id": mid})

@@ -151,7 +151,8 @@ async def test_a_missing_manuscripts_folder_is_synced_into_its_parent_at_start(
     make_engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    FileStore(out).ensure_layout()  # every folder of the layout but manuscripts/
+    FileStore(out).ensure_layout()
+    (out / "manuscripts").rmdir()  # every folder of the layout but this one
     synced: list[Path] = []
     fsync_dir = atomic.fsync_dir
 

@@ -855,6 +855,14 @@ def test_remove_stale_temp_files_removes_only_our_temp_files(store: FileStore) -
     assert all(path.exists() for path in others)
 
 
+def test_a_temp_file_a_crash_left_among_the_manuscripts_is_removed(store: FileStore) -> None:
+    temp = atomic.temp_path_for(store.manuscript_path(sid()))
+    temp.write_text("x")
+
+    assert store.remove_stale_temp_files() == 1
+    assert not temp.exists()
+
+
 def test_remove_stale_temp_files_can_spare_recent_writes(store: FileStore) -> None:
     old, fresh = (atomic.temp_path_for(store.checkpoints_dir / "a.json") for _ in range(2))
     old.write_text("x")
