@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import random
 import threading
 from collections.abc import Iterator, Mapping
@@ -120,30 +119,16 @@ def write_file_atomically(destination: Path, data: bytes) -> None:
     call of its own.
     """
     destination = Path(destination)
+    sync_folder = not getattr(_deferred, "active", False)
     try:
-        atomic_write(destination, data, sync_folder=False)
+        atomic_write(destination, data, sync_folder=sync_folder)
     except FileNotFoundError:
         if destination.parent.is_dir():
             raise
         # Created with each new entry synced into its parent, so the folder cannot
         # vanish in a crash with the image in it.
         make_dirs(destination.parent, fsync=True)
-        atomic_write(destination, data, sync_folder=False)
-    if not getattr(_deferred, "active", False):
-        _fsync_folder(destination.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems refuse to fsync a folder
-        logger.debug("fsync of folder %s failed: %s", folder, exc)
-    finally:
-        os.close(fd)
+        atomic_write(destination, data, sync_folder=sync_folder)
 
 
 class LocalImageGenerator:
