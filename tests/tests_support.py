@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.engine import Engine
 from pipeline.manuscripts import Chapter, Manuscript
+from storage import atomic
 from storage.mongo import open_store
 from storage.records import LogEntry
 
@@ -97,3 +99,16 @@ def make_manuscript(chapters: int = 3) -> Manuscript:
             for n in range(1, chapters + 1)
         ),
     )
+
+
+def record_folder_syncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders ``storage.atomic`` syncs from now on, in order (each is still synced)."""
+    synced: list[Path] = []
+    fsync_dir = atomic.fsync_dir
+
+    def recording_fsync_dir(folder: Path) -> None:
+        synced.append(Path(folder))
+        fsync_dir(folder)
+
+    monkeypatch.setattr(atomic, "fsync_dir", recording_fsync_dir)
+    return synced

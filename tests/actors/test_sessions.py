@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_support import EventRecorder, make_manuscript
+from tests_support import EventRecorder, make_manuscript, record_folder_syncs
 
 from actors.messages import CheckpointReached, PauseSession
 from actors.persistence import PersistenceActor
 from domain import CheckpointType as T
 from errors import ConflictError
 from pipeline.providers import RecordingProviders
-from storage import atomic
 from storage.files import FileStore
 
 pytestmark = pytest.mark.timeout(180)
@@ -130,14 +129,7 @@ async def test_a_new_sessions_image_folder_is_synced_into_its_parent_once(
 ) -> None:
     # The batches sync generated_images/{sid} for its images, not the entry naming it in
     # generated_images/: only its creation can, or a crash could lose the whole folder.
-    synced: list[Path] = []
-    fsync_dir = atomic.fsync_dir
-
-    def recording_fsync_dir(folder: Path) -> None:
-        synced.append(Path(folder))
-        fsync_dir(folder)
-
-    monkeypatch.setattr(atomic, "fsync_dir", recording_fsync_dir)
+    synced = record_folder_syncs(monkeypatch)
     engine = await make_engine()
     sid, status = await run_session(engine, EventRecorder(engine))
     assert status == "completed"
@@ -153,14 +145,7 @@ async def test_a_missing_manuscripts_folder_is_synced_into_its_parent_at_start(
     out = tmp_path / "out"
     FileStore(out).ensure_layout()
     (out / "manuscripts").rmdir()  # every folder of the layout but this one
-    synced: list[Path] = []
-    fsync_dir = atomic.fsync_dir
-
-    def recording_fsync_dir(folder: Path) -> None:
-        synced.append(Path(folder))
-        fsync_dir(folder)
-
-    monkeypatch.setattr(atomic, "fsync_dir", recording_fsync_dir)
+    synced = record_folder_syncs(monkeypatch)
     engine = await make_engine()
     assert engine.output_dir == out
     assert (out / "manuscripts").is_dir()

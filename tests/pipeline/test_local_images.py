@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from tests_support import record_folder_syncs
 
 from pipeline.analysis import EmotionalMoment
 from pipeline.images import (
@@ -19,7 +20,6 @@ from pipeline.images import (
     write_file_atomically,
 )
 from pipeline.prompts import IllustrationPrompt
-from storage import atomic
 
 MOMENT = EmotionalMoment(
     text_excerpt="The storm broke over the castle.",
@@ -139,19 +139,14 @@ def test_with_the_folder_sync_deferred_the_image_is_in_place_with_its_data_synce
 def test_missing_folders_are_created_each_synced_into_its_parent_and_then_cost_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced: list[Path] = []
+    synced = record_folder_syncs(monkeypatch)
     made: list[str] = []
-    fsync_dir, mkdir = atomic.fsync_dir, os.mkdir
-
-    def recording_fsync_dir(folder: Path) -> None:
-        synced.append(Path(folder))
-        fsync_dir(folder)
+    mkdir = os.mkdir
 
     def recording_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
         made.append(os.fspath(path))
         mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(atomic, "fsync_dir", recording_fsync_dir)
     monkeypatch.setattr(os, "mkdir", recording_mkdir)
     folder = tmp_path / "session" / "images"
 
