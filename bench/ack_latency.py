@@ -83,6 +83,7 @@ from checkpoints import (  # noqa: E402
     instant_providers,
     make_manuscript,
     percentile,
+    replay_batches,
     run_one,
     wait_for_cheap_file_creation,
 )
@@ -508,10 +509,7 @@ async def database_ceiling(
         await store.ensure_indexes()
         cpu_before = sum(cpu_seconds(pid) for pid in children)
         started = time.perf_counter()
-        for batch, prune in work:
-            await store.write_batch(batch, keep)
-            for session_id, kept in prune.items():
-                await store.prune_logs(session_id, kept)  # type: ignore[arg-type]
+        await replay_batches(store, work, keep)
         wall = time.perf_counter() - started
         cpu = sum(cpu_seconds(pid) for pid in children) - cpu_before
     finally:

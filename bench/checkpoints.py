@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from pipeline.manuscripts import Chapter, Manuscript  # noqa: E402
 from pipeline.prompts import IllustrationPrompt  # noqa: E402
 from pipeline.providers import Providers  # noqa: E402
 from storage.database import open_database  # noqa: E402
+from storage.records import PersistBatch  # noqa: E402
 
 SAMPLE_CAP = 20_000
 """``PersistenceStats.ack_latency_samples`` keeps this many samples."""
@@ -309,6 +310,24 @@ def wait_for_cheap_file_creation(
         time.sleep(2.0)
         cost = file_create_cost_us(folder)
     return cost, time.monotonic() - started
+
+
+async def replay_batches(
+    store: Any, work: Iterable[tuple[PersistBatch, dict[str, int]]], keep: int
+) -> list[float]:
+    """Write database batches again, in order and back to back, through the store code
+    (each with its log prunes): the database's own ceiling for exactly these writes.
+
+    Returns the seconds of each batch.
+    """
+    seconds: list[float] = []
+    for batch, prune in work:
+        started = time.monotonic()
+        await store.write_batch(batch, keep)
+        for session_id, kept in prune.items():
+            await store.prune_logs(session_id, kept)
+        seconds.append(time.monotonic() - started)
+    return seconds
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -52,7 +52,10 @@ from typing import Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from checkpoints import wait_for_cheap_file_creation  # noqa: E402  (bench/checkpoints.py)
+from checkpoints import (  # noqa: E402  (bench/checkpoints.py)
+    replay_batches,
+    wait_for_cheap_file_creation,
+)
 from pymongo import AsyncMongoClient, MongoClient, UpdateOne  # noqa: E402
 
 from actors.messages import CheckpointPersisted, CheckpointReached  # noqa: E402
@@ -358,15 +361,12 @@ async def run_raw(uri: str, db: str, work: Workload, sessions: int, args: Any) -
         raise SystemExit("the raw variant replays the actor's batches: list actor before raw")
     store = open_store(uri, db)
     await store.ensure_indexes()
-    latencies: list[float] = []
-    checkpoints = 0
     started = time.perf_counter()
-    for batch in batches:
-        asked = time.monotonic()
-        await store.write_batch(batch, EMBEDDED_KEEP)
-        latencies.extend([(time.monotonic() - asked) * 1000] * len(batch.checkpoints))
-        checkpoints += len(batch.checkpoints)
+    seconds = await replay_batches(store, ((batch, {}) for batch in batches), EMBEDDED_KEEP)
     wall = time.perf_counter() - started
+    latencies = [
+        1000 * took for batch, took in zip(batches, seconds, strict=True) for _ in batch.checkpoints
+    ]
     await store.close()
     return result(
         "raw",
