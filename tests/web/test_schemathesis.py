@@ -109,6 +109,15 @@ def _fuzz(
     return errors
 
 
+# Hypothesis warns when the global ``random`` state changes while it draws an example, to
+# catch strategies that use it. The server under test runs in threads of this process, and
+# PyMongo draws every request id from the global ``random`` (``pymongo.message``): a write
+# of the server's landing during a draw made this test fail now and then (once in ~20 runs).
+# Our strategies are schemathesis'; the warning says nothing about them here.
+@pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
 def test_no_operation_answers_5xx(live_server: LiveServer) -> None:
     """Positive and negative examples of every HTTP operation never get a 5xx."""
     base_url = live_server.base_url
