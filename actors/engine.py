@@ -66,6 +66,7 @@ from storage.leases import LeaseOutcome, lease_deadline, local_instance_id, take
 from storage.reconcile import (
     ReconcileReport,
     StartupReads,
+    reconcile_manuscripts,
     reconcile_session,
     try_reconcile,
 )
@@ -206,24 +207,10 @@ class Engine(OperatorCommands):
 
     async def _reconcile_manuscripts(self) -> None:
         assert self.store is not None
-        folder = self.files.manuscripts_dir
-        paths = await asyncio.to_thread(lambda: sorted(folder.glob("*.json")))
-        for path in paths:
-            try:
-                mid = valid_manuscript_id(path.stem)
-            except IllustratorError:
-                logger.warning("ignoring foreign file %s", path)
-                continue
-            try:
-                if await self.store.get_manuscript(mid) is None:
-                    document = await asyncio.to_thread(self.files.load_json, path)
-                    document.pop("format_version", None)
-                    await self.store.create_manuscript(document)
-                    logger.info(
-                        "reconcile: manuscript %s copied from its file to the database", mid
-                    )
-            except IllustratorError as exc:
-                logger.warning("reconcile: manuscript file %s skipped: %s", path, exc)
+        try:
+            await reconcile_manuscripts(self.store, self.files, self.last_reconcile)
+        except DatabaseUnavailableError as exc:
+            logger.warning("manuscripts not reconciled: database unavailable (%s)", exc)
 
     def _prepare_files(self) -> None:
         self.files.ensure_layout()

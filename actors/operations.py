@@ -12,7 +12,7 @@ from config import Config
 from domain import session_id as valid_session_id
 from errors import ConflictError, DatabaseUnavailableError
 from storage.base import SessionStore
-from storage.bundles import load_bundle_file, make_bundle, restore_bundle
+from storage.bundles import RestoreResult, load_bundle_file, make_bundle, restore_bundle
 from storage.files import FileStore
 from storage.records import ImageRecord
 from storage.verify import VerifyReport, verify
@@ -84,19 +84,36 @@ class OperatorCommands:
         )
         return await asyncio.to_thread(self.files.write_recovery_bundle, sid, bundle)
 
-    async def restore_bundle(self, path: Path) -> str:
-        """Import a bundle file into the database and the files; returns the session id."""
+    async def restore_bundle(self, path: Path, *, force: bool = False) -> str:
+        """Import a bundle file into the database and the files; returns the session id.
+
+        Raises:
+            ConflictError: the stored session is newer than the bundle (unless ``force``
+                replaces it) or is live somewhere; nothing changed.
+        """
+        return (await self.restore_bundle_file(path, force=force)).session_id
+
+    async def restore_bundle_file(self, path: Path, *, force: bool = False) -> RestoreResult:
+        """:meth:`restore_bundle`, with what a forced restore replaced."""
         if self.store is None:
             raise ConflictError("restoring needs a database")
         bundle = await asyncio.to_thread(load_bundle_file, self.files, path)
+        if self.hub.snapshot(bundle["session_id"]) is not None:  # type: ignore[attr-defined]
+            raise ConflictError(f"session {bundle['session_id']} is running here; pause it first")
         return await restore_bundle(
             bundle,
             self.store,
             self.files,
             lambda base, checkpoints: SessionState.rebuild(base, checkpoints).describe(),
             embedded_keep=self.config.persistence.embedded_checkpoints,
+            force=force,
         )
 
     async def verify(self) -> VerifyReport:
-        """Check every session (see storage.verify)."""
-        return await verify(self.store, self.files, self.output_dir)
+        """Check every session (see storage.verify); reads only."""
+        return await verify(
+            self.store,
+            self.files,
+            self.output_dir,
+            keep_logs=self.config.processing.max_logs_per_session,
+        )

@@ -5,7 +5,13 @@ fsync alone); after files were deleted the database may be ahead of the files. F
 session this brings the lagging side up to date. Checkpoints are immutable and keyed by
 ``(session_id, sequence_number)``, so "catching up" is copying what one side lacks; when
 both sides hold a different record under the same sequence number, the side whose
-session reaches the higher sequence number wins. Every decision is logged.
+session reaches the higher sequence number wins. Every decision is logged, and every
+record written is listed with its direction (``ReconcileReport.healed``).
+
+A file record the database can never store (a lone surrogate, a 64-bit overflow, a
+document over 16 MB: storage.storable) is not copied: the session's database side is
+left as it is, with a warning (``ReconcileReport.skipped``), and so is a session whose
+stored values cannot even be folded into a state. Start-up survives any stored value.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from domain import SessionId, SessionStatus, utcnow
-from errors import DatabaseUnavailableError
+from domain import manuscript_id as valid_manuscript_id
+from errors import DatabaseUnavailableError, IllustratorError
 from storage.base import SessionStore
 from storage.files import FileStore, ScanReport
 from storage.leases import chunks, takeable
 from storage.records import Checkpoint, ImageRecord, PersistBatch
+from storage.storable import database_problem
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +88,31 @@ class ReconcileReport:
     checkpoints_to_files: int = 0
     sessions_created_in_database: int = 0
     session_files_rewritten: int = 0
+    manuscripts_to_database: int = 0
     conflicts: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
+    healed: list[str] = field(default_factory=list)
+    """One line per record written, naming its direction (file -> database, or back)."""
+    skipped: list[str] = field(default_factory=list)
+    """Sessions or records left as they are, and why (e.g. unstorable file records)."""
+    not_ours: list[str] = field(default_factory=list)
+    """Sessions another live instance holds (left to it)."""
 
     def decide(self, message: str, *args: Any) -> None:
         """Log and keep one decision."""
         text = message % args
         logger.info("reconcile: %s", text)
         self.decisions.append(text)
+
+    def heal(self, text: str) -> None:
+        """Keep one record written (its decision is logged separately)."""
+        self.healed.append(text)
+
+    def skip(self, message: str, *args: Any) -> None:
+        """Warn about and keep one record or session left unhealed."""
+        text = message % args
+        logger.warning("reconcile: %s", text)
+        self.skipped.append(text)
 
 
 async def reconcile(
@@ -98,12 +123,15 @@ async def reconcile(
     embedded_keep: int = 16,
     owner: str | None = None,
     scan: Awaitable[ScanReport] | None = None,
+    level_live: bool = False,
 ) -> ReconcileReport:
     """Bring the files and the database level with each other (see module docstring).
 
     With ``owner`` (our instance id), sessions another live instance holds the lease of
     are left alone: their files and records are that instance's, in flux. ``scan``: the
     scan of the files, if the caller started it already (default: scanned here).
+    ``level_live``: also bring the lagging summaries of live sessions level (an
+    explicit repair; at start-up, recovery does it with the session's next write).
     """
     report = ReconcileReport()
     # The files are read on a worker thread while the database lists its sessions.
@@ -114,13 +142,15 @@ async def reconcile(
     db_documents = {d["session_id"]: d for d in listed}
     session_ids = set(scan_report.sessions) | set(scan_report.checkpoints) | set(db_documents)
     now = utcnow()
-    ours = [
-        sid
-        for sid in sorted(session_ids)
-        if owner is None
-        or (document := db_documents.get(sid)) is None
-        or takeable(document, owner, now)
-    ]
+    ours = []
+    for sid in sorted(session_ids):
+        document = db_documents.get(sid)
+        if owner is None or document is None or takeable(document, owner, now):
+            ours.append(sid)
+        else:
+            report.not_ours.append(
+                f"session {sid}: run by instance {document.get('owner')}; left to it"
+            )
     unchanged: dict[str, tuple[dict[str, Any], list[Checkpoint]]] = {}
     for chunk in chunks(ours):
         # The database's checkpoints of 32 sessions in one query (their documents were
@@ -132,17 +162,22 @@ async def reconcile(
         for sid in chunk:
             key = SessionId(sid)
             report.sessions_checked += 1
-            wrote = await _reconcile_session(
-                store,
-                files,
-                describe,
+            wrote = await _guarded(
                 key,
-                file_document=scan_report.sessions.get(key),
-                file_checkpoints=scan_report.checkpoints.get(key, []),
-                db_document=db_documents.get(sid),
-                db_checkpoints=stored[sid][1] if sid in stored else None,
-                report=report,
-                writes=writes,
+                report,
+                _reconcile_session(
+                    store,
+                    files,
+                    describe,
+                    key,
+                    file_document=scan_report.sessions.get(key),
+                    file_checkpoints=scan_report.checkpoints.get(key, []),
+                    db_document=db_documents.get(sid),
+                    db_checkpoints=stored[sid][1] if sid in stored else None,
+                    report=report,
+                    writes=writes,
+                    level_live=level_live,
+                ),
             )
             if not wrote and sid in stored:
                 unchanged[sid] = stored[sid]
@@ -165,19 +200,37 @@ async def reconcile_session(
     writes = _Writes()
     file_document = await asyncio.to_thread(files.load_session_file, sid)
     file_checkpoints = await asyncio.to_thread(files.load_checkpoints, sid)
-    await _reconcile_session(
-        store,
-        files,
-        describe,
+    db_document = await store.get_session(sid)
+    await _guarded(
         sid,
-        file_document=file_document,
-        file_checkpoints=file_checkpoints,
-        db_document=await store.get_session(sid),
-        report=report,
-        writes=writes,
+        report,
+        _reconcile_session(
+            store,
+            files,
+            describe,
+            sid,
+            file_document=file_document,
+            file_checkpoints=file_checkpoints,
+            db_document=db_document,
+            report=report,
+            writes=writes,
+        ),
     )
     await writes.apply(store, files, embedded_keep)
     return report
+
+
+async def _guarded(sid: SessionId, report: ReconcileReport, leveling: Awaitable[bool]) -> bool:
+    """Run one session's leveling; a stored value it cannot handle skips that session
+    (with a warning) instead of failing the others. An unreachable database still
+    stops reconciliation (start-up then goes on degraded)."""
+    try:
+        return await leveling
+    except DatabaseUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any stored value must not stop start-up
+        report.skip("session %s left as it is: %s: %s", sid, type(exc).__name__, exc)
+        return False
 
 
 async def _reconcile_session(
@@ -192,6 +245,7 @@ async def _reconcile_session(
     report: ReconcileReport,
     writes: _Writes,
     db_checkpoints: list[Checkpoint] | None = None,
+    level_live: bool = False,
 ) -> bool:
     """Decide how to level one session; its writes go into ``writes`` (the caller applies
     them), except a missing session document, which is created at once. Returns whether
@@ -241,51 +295,26 @@ async def _reconcile_session(
     # one written (Engine.recover): a summary merely behind is left to that rather than
     # written twice, once here, for every such session at each start.
     left_to_recovery = (
-        _is_live(fields.get("status"))
+        not level_live
+        and _is_live(fields.get("status"))
         and db_document is not None
         and file_document is not None
         and not missing_in_db
         and not missing_in_files
     )
-    if db_document is None:
-        report.decide("session %s is missing from the database; created from the files", sid)
-        await store.create_session(full_document)
-        report.sessions_created_in_database += 1
-    # The session document's summary is written behind its checkpoints (see the
-    # PersistenceActor), so after a crash it may lag even when no checkpoint is missing.
-    summary_last = 0 if db_document is None else int(db_document.get("last_sequence_number") or 0)
     newest = ordered[-1].sequence_number if ordered else 0
-    summary_written = bool(missing_in_db or (summary_last < newest and not left_to_recovery))
-    if summary_written:
-        images = [
-            ImageRecord.from_document(cp.checkpoint_data["image"])
-            for cp in missing_in_db
-            if "image" in cp.checkpoint_data
-        ]
-        writes.add(
-            PersistBatch(
-                checkpoints=missing_in_db,
-                session_updates={sid: fields},
-                images=images,
-                summary_checkpoints=[cp for cp in ordered if cp.sequence_number > summary_last],
-            )
-        )
-        report.checkpoints_to_database += len(missing_in_db)
-        if missing_in_db:
-            report.decide(
-                "session %s: %d checkpoints copied from the files to the database",
-                sid,
-                len(missing_in_db),
-            )
-        else:
-            report.decide("session %s: session summary brought up to checkpoint %d", sid, newest)
-
+    leveled = _Leveling(sid, ordered, newest, files_win, left_to_recovery)
+    # File entries first: a session file that would not load back fails here, before
+    # anything of this session is written.
     stale_file = file_document is None or (
         int(file_document.get("last_sequence_number") or 0) < newest and not left_to_recovery
     )
     items = [files.checkpoint_entry(cp) for cp in missing_in_files]
     if stale_file:
         items.append(files.session_file_entry(sid, session_file))
+    wrote = await _level_database(
+        store, leveled, db_document, missing_in_db, fields, full_document, report, writes
+    )
     if items:
         writes.files += items
         report.checkpoints_to_files += len(missing_in_files)
@@ -297,7 +326,117 @@ async def _reconcile_session(
             len(missing_in_files),
             ", session file rewritten" if stale_file else "",
         )
-    return db_document is None or summary_written or bool(items)
+        if missing_in_files:
+            report.heal(
+                f"session {sid}: checkpoint files {_seqs(missing_in_files)}, database -> file"
+            )
+        if stale_file:
+            report.heal(
+                f"session {sid}: session file rewritten at checkpoint {newest}"
+                f" (status {session_file.get('status')}),"
+                f" {'file checkpoints' if files_win else 'database'} -> file"
+            )
+    return wrote or bool(items)
+
+
+@dataclass(frozen=True)
+class _Leveling:
+    """What one session's leveling decided before writing."""
+
+    sid: SessionId
+    ordered: list[Checkpoint]
+    """Every checkpoint of the session, both sides merged, in order."""
+    newest: int
+    files_win: bool
+    left_to_recovery: bool
+
+
+async def _level_database(
+    store: SessionStore,
+    leveled: _Leveling,
+    db_document: dict[str, Any] | None,
+    missing_in_db: list[Checkpoint],
+    fields: dict[str, Any],
+    full_document: dict[str, Any],
+    report: ReconcileReport,
+    writes: _Writes,
+) -> bool:
+    """The database side of one session; returns whether anything is written."""
+    sid, newest = leveled.sid, leveled.newest
+    created = full_document if db_document is None else None
+    blocked = _unstorable(sid, missing_in_db, fields, created)
+    if blocked is not None:
+        # Every write of it would fail, however often retried: the database side stays
+        # as it is; the files keep the record (the writer quarantines such records).
+        report.skip("%s; the database side of session %s is left as it is", blocked, sid)
+        return False
+    if db_document is None:
+        report.decide("session %s is missing from the database; created from the files", sid)
+        await store.create_session(full_document)
+        report.sessions_created_in_database += 1
+        report.heal(f"session {sid}: session document created, file -> database")
+    # The session document's summary is written behind its checkpoints (see the
+    # PersistenceActor), so after a crash it may lag even when no checkpoint is missing.
+    summary_last = 0 if db_document is None else int(db_document.get("last_sequence_number") or 0)
+    if not missing_in_db and (summary_last >= newest or leveled.left_to_recovery):
+        return db_document is None
+    images = [
+        ImageRecord.from_document(cp.checkpoint_data["image"])
+        for cp in missing_in_db
+        if "image" in cp.checkpoint_data
+    ]
+    writes.add(
+        PersistBatch(
+            checkpoints=missing_in_db,
+            session_updates={sid: fields},
+            images=images,
+            summary_checkpoints=[cp for cp in leveled.ordered if cp.sequence_number > summary_last],
+        )
+    )
+    report.checkpoints_to_database += len(missing_in_db)
+    if missing_in_db:
+        report.decide(
+            "session %s: %d checkpoints copied from the files to the database",
+            sid,
+            len(missing_in_db),
+        )
+        report.heal(
+            f"session {sid}: checkpoints {_seqs(missing_in_db)}, file -> database"
+            f" (with {len(images)} image records)"
+        )
+    else:
+        report.decide("session %s: session summary brought up to checkpoint %d", sid, newest)
+    report.heal(
+        f"session {sid}: session document brought up to checkpoint {newest}"
+        f" (status {fields.get('status')}),"
+        f" {'file' if leveled.files_win else 'database checkpoints'} -> database"
+    )
+    return True
+
+
+def _unstorable(
+    sid: SessionId,
+    checkpoints: list[Checkpoint],
+    fields: dict[str, Any],
+    new_document: dict[str, Any] | None,
+) -> str | None:
+    """Why a record about to be copied to the database can never be stored, or None."""
+    for cp in checkpoints:
+        why = database_problem(cp.to_document())
+        if why is not None:
+            return f"checkpoint file {cp.sequence_number} of session {sid} holds {why}"
+    for label, document in (("session summary", fields), ("session file", new_document)):
+        why = database_problem(document) if document is not None else None
+        if why is not None:
+            return f"the {label} of session {sid} holds {why}"
+    return None
+
+
+def _seqs(checkpoints: list[Checkpoint]) -> str:
+    numbers = [cp.sequence_number for cp in checkpoints]
+    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 1:
+        return f"{numbers[0]}-{numbers[-1]}"
+    return ", ".join(str(n) for n in numbers)
 
 
 async def try_reconcile(
@@ -319,6 +458,46 @@ async def try_reconcile(
     except DatabaseUnavailableError as exc:
         logger.warning("reconciliation skipped: database unavailable (%s)", exc)
         return None
+
+
+async def reconcile_manuscripts(
+    store: SessionStore, files: FileStore, report: ReconcileReport | None = None
+) -> int:
+    """Copy manuscript files the database lacks into it; returns how many were copied.
+
+    A file that is unreadable, foreign, or holds what the database cannot store is
+    skipped with a warning (in ``report.skipped`` when given).
+    """
+    report = report if report is not None else ReconcileReport()
+    folder = files.manuscripts_dir
+    paths = await asyncio.to_thread(lambda: sorted(folder.glob("*.json")))
+    copied = 0
+    for path in paths:
+        try:
+            mid = valid_manuscript_id(path.stem)
+        except IllustratorError:
+            report.skip("ignoring foreign file %s", path)
+            continue
+        try:
+            if await store.get_manuscript(mid) is not None:
+                continue
+            document = await asyncio.to_thread(files.load_json, path)
+            document.pop("format_version", None)
+            why = database_problem(document)
+            if why is not None:
+                report.skip("manuscript file %s holds %s; not copied", path, why)
+                continue
+            await store.create_manuscript(document)
+        except DatabaseUnavailableError:
+            raise
+        except IllustratorError as exc:
+            report.skip("manuscript file %s skipped: %s", path, exc)
+            continue
+        copied += 1
+        report.manuscripts_to_database += 1
+        report.decide("manuscript %s copied from its file to the database", mid)
+        report.heal(f"manuscript {mid}: file -> database")
+    return copied
 
 
 def _is_live(status: Any) -> bool:
