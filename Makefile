@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy actors storage pipeline web cli.py config.py domain.py errors.py
+	$(BIN)/mypy actors cli loadtest storage pipeline web config.py domain.py errors.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -1,4 +1,4 @@
-"""Figures and the PNG plot of ``illustrator loadtest`` (see loadtest.py).
+"""Figures and the PNG plot of ``illustrator loadtest`` (see the loadtest package).
 
 Percentiles of raw samples, quantiles of the server's Prometheus ack-latency histogram
 (interpolated within buckets, as Prometheus' ``histogram_quantile`` does), and a plot
@@ -103,6 +103,7 @@ def write_report(
     wall: float,
     stopped_by: str,
     integrity: dict[str, Any],
+    cleanup: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the report from what the drivers saw, write it as JSON and PNG; return it."""
     first, last = tracker.scrapes[0][1], tracker.scrapes[-1][1]
@@ -172,8 +173,10 @@ def write_report(
         "errors": {"count": len(tracker.errors), "examples": tracker.errors[:20]},
         "warnings": warnings,
         "integrity": integrity,
+        "cleanup": cleanup,
         "timeline": timeline,
     }
+    report["verdict"] = verdict(report)
     json_path = args.report.resolve()
     png_path = json_path.with_suffix(".png")
     report.update(report_json=str(json_path), report_png=str(png_path))
@@ -183,6 +186,23 @@ def write_report(
     for text in warnings:
         print(f"WARNING: {text}", file=sys.stderr)
     return report
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """PASS only when every session completed, integrity held, there were no errors and,
+    if asked for, the clean-up removed everything; otherwise FAIL with the reasons."""
+    s = report["sessions"]
+    reasons = []
+    if s["completed"] != s["requested"]:
+        reasons.append(f"{s['completed']} of {s['requested']} sessions completed")
+    if not report["integrity"]["ok"]:
+        reasons.append(f"integrity: {report['integrity']['problem_count']} problems")
+    if report["errors"]["count"]:
+        reasons.append(f"{report['errors']['count']} errors")
+    cleanup = report.get("cleanup")
+    if cleanup is not None and not cleanup["ok"]:
+        reasons.append(f"cleanup: {len(cleanup['problems'])} problems")
+    return {"pass": not reasons, "reasons": reasons}
 
 
 # --------------------------------------------------------------------------- the plot

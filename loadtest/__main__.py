@@ -1,0 +1,7 @@
+"""``python -m loadtest``."""
+
+import sys
+
+from loadtest import main
+
+sys.exit(main())
