@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import loadtest
 from cli import main as cli_main
 from config import config_from_mapping
 from web.app import create_app
+from web.keys import ENGINE_KEY
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,3 +103,60 @@ def test_non_loopback_url_is_refused(url: str, tmp_path: Path, capsys) -> None:
 )
 def test_loopback_urls_are_accepted(url: str) -> None:
     assert loadtest.loopback_base(url).startswith("http://")
+
+
+async def test_the_cli_cleans_up_what_it_created_and_prints_one_verdict_line(
+    tmp_path: Path,
+) -> None:
+    config = config_from_mapping(
+        {
+            "mongodb": {"driver": "mongomock", "database": "loadtest_cleanup"},
+            "output": {"directory": str(tmp_path / "out")},
+            "persistence": {"fsync": False},
+            "processing": {"auto_resume": False},
+            "providers": {"image_size": 32, "simulated_latency_ms": 100},
+        },
+        env={},
+    )
+    app = create_app(config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    async def illustrator_loadtest(*options: str) -> tuple[int, str]:
+        script = Path(sys.executable).parent / "illustrator"
+        process = await asyncio.create_subprocess_exec(
+            str(script), "loadtest", "--url", url, "--quiet", "--chapters", "1",
+            "--moments", "1", "--pause-share", "0", *options,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(process.communicate(), 120)
+        return process.returncode or 0, output.decode()
+
+    try:
+        code, output = await illustrator_loadtest(
+            "--sessions", "2", "--cleanup", "--report", str(tmp_path / "r.json")
+        )
+        engine = app[ENGINE_KEY]
+        left = await engine.store.list_sessions(), await engine.store.list_manuscripts()
+        checkpoint_files = list((tmp_path / "out" / "sessions" / "checkpoints").iterdir())
+        short_code, short_output = await illustrator_loadtest(
+            "--sessions", "1", "--duration", "0.05", "--report", str(tmp_path / "s.json")
+        )
+    finally:
+        await runner.cleanup()
+
+    verdicts = [line for line in output.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert (code, verdicts) == (0, ["PASS"]), output
+    assert "integrity: ok: 2 sessions" in output
+    assert "cleanup: 2 sessions and 2 manuscripts deleted, 0 problems" in output
+    assert left == ([], []), "the run left sessions or manuscripts behind"
+    assert checkpoint_files == []
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"] == {"pass": True, "reasons": []}
+    assert report["cleanup"]["sessions_deleted"] == 2
+    verdicts = [line for line in short_output.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert short_code == 1 and len(verdicts) == 1, short_output
+    assert verdicts[0].startswith("FAIL: 0 of 1 sessions completed"), short_output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import uuid
@@ -11,7 +12,7 @@ import pytest
 from test_reconcile import PauseAtFive, start_engine
 from tests_support import EventRecorder, make_manuscript, store_maker
 
-from errors import ValidationError
+from errors import ConflictError, ValidationError
 from pipeline.providers import RecordingProviders
 
 pytestmark = pytest.mark.timeout(180)
@@ -123,5 +124,45 @@ async def test_a_bad_bundle_is_refused_with_a_clear_error(
         with pytest.raises(ValidationError, match="torn"):
             await engine.restore_bundle(torn)
         assert await engine.store.list_sessions() == []
+    finally:
+        await engine.stop()
+
+
+async def test_restoring_an_older_bundle_is_refused_and_force_replaces_the_newer_record(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    engine = await start_engine(
+        tmp_path / "out", databases(f"j{uuid.uuid4().hex[:8]}"), persistence_class=PauseAtFive
+    )
+    try:
+        recorder = EventRecorder(engine)
+        mid = await engine.save_manuscript(make_manuscript(2))
+        sid = (await engine.start_session(mid, max_emotional_moments=2))["session_id"]
+        assert await recorder.wait_final(sid) == "paused"
+        await engine.flush()
+        await asyncio.gather(*engine._bundle_tasks)  # the bundle written on pause
+        bundle = tmp_path / "paused.json"
+        shutil.copyfile(engine.files.recovery_path(sid), bundle)
+        paused_events = len(recorder.events[sid])
+        await engine.resume_session(sid)
+        assert await recorder.wait_final(sid, after_seq=paused_events) == "completed"
+        await engine.flush()
+        newest = await engine.store.get_session(sid)
+        checkpoints = [cp.to_json() for cp in await engine.store.list_checkpoints(sid)]
+
+        with pytest.raises(ConflictError, match="would roll it back") as refused:
+            await engine.restore_bundle(bundle)
+        assert f"the database holds checkpoint {len(checkpoints)} (completed)" in str(refused.value)
+        assert await engine.store.get_session(sid) == newest
+        assert [cp.to_json() for cp in await engine.store.list_checkpoints(sid)] == checkpoints
+
+        assert await engine.restore_bundle(bundle, force=True) == sid
+        replaced = await engine.store.get_session(sid)
+        assert (replaced["status"], replaced["last_sequence_number"]) == ("paused", 6)
+        assert len(await engine.store.list_checkpoints(sid)) == 6
+        assert engine.files.load_session_file(sid)["status"] == "paused"
+        report = await engine.verify()
+        assert report.ok, report.render()
     finally:
         await engine.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import uuid
@@ -434,3 +435,35 @@ async def test_a_session_reconciliation_wrote_for_is_read_again_by_recovery(
         assert sid in await second.recover(auto_resume=False)
         assert (reads.scans, reads.records) == (0, [sid])
         await assert_recorded_interrupted(second, sid, newest)
+
+
+async def test_a_file_record_the_database_cannot_store_is_skipped_and_start_up_goes_on(
+    tmp_path: Path, backend: str, request
+) -> None:
+    databases = store_maker(backend, request)
+    first = await start_engine(tmp_path / "out", databases(f"s{uuid.uuid4().hex[:8]}"))
+    sid = await run_one(first)
+    other = await run_one(first)
+    await first.stop()
+    # A lone surrogate is valid JSON but never valid UTF-8: no database can store it.
+    path = first.files.checkpoint_path(sid, 4)
+    document = json.loads(path.read_text())
+    document["checkpoint_data"]["note"] = "\ud800"
+    path.write_text(json.dumps(document))
+
+    # A database that never saw the sessions: reconciliation copies the files into it.
+    async with running_engine(tmp_path / "out", databases(f"t{uuid.uuid4().hex[:8]}")) as second:
+        report = second.last_reconcile
+        assert report is not None
+        assert any(
+            f"checkpoint file 4 of session {sid} holds text that is not valid UTF-8" in line
+            for line in report.skipped
+        ), report.skipped
+        assert await second.store.get_session(sid) is None, "its database side is left as is"
+        assert (await second.store.get_session(other))["status"] == "completed"
+        assert any(f"session {other}: checkpoints 1-" in line for line in report.healed)
+        assert (await second.load_state(sid)).status == "completed"  # from its files
+        verified = await second.verify()
+        assert not verified.ok
+        unstorable = f"{path}: holds text that is not valid UTF-8"
+        assert any(unstorable in problem for problem in verified.file_problems)

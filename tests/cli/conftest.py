@@ -33,6 +33,13 @@ A strange shadow moved in the forest; the mystery deepened and fear returned. At
 the sea was calm and peaceful, and they felt a gentle warmth.
 """
 
+LONG_BOOK = "".join(
+    f"# Chapter {n}: Part {n}\n\nThe storm broke over the dark castle and Mara screamed in"
+    " terror. Later she laughed with joy and hope; a strange shadow moved and fear returned.\n\n"
+    for n in range(1, 7)
+)
+"""Six chapters: long enough, with slow providers, to be paused in the middle."""
+
 
 @dataclass
 class Cli:

@@ -10,17 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cli, Server, free_port, ok, start_server, stop_server
+from conftest import LONG_BOOK, Cli, Server, free_port, ok, start_server, stop_server
 from pymongo import MongoClient
 
 pytestmark = pytest.mark.timeout(240)
 
 TOKEN = "s3cret-token"
-LONG_BOOK = "".join(
-    f"# Chapter {n}: Part {n}\n\nThe storm broke over the dark castle and Mara screamed in"
-    " terror. Later she laughed with joy and hope; a strange shadow moved and fear returned.\n\n"
-    for n in range(1, 7)
-)
 
 
 @pytest.fixture(scope="module")
