@@ -24,13 +24,24 @@ from pathlib import Path
 from typing import Any
 
 from domain import SessionId, SessionStatus, utcnow
-from domain import manuscript_id as valid_manuscript_id
-from errors import DatabaseUnavailableError, IllustratorError
+from errors import DatabaseUnavailableError
 from storage.base import SessionStore
 from storage.files import FileStore, ScanReport
 from storage.leases import chunks, takeable
+from storage.reconcile_manuscripts import reconcile_manuscripts
+from storage.reconcile_report import ReconcileReport, StartupReads
 from storage.records import Checkpoint, ImageRecord, PersistBatch
 from storage.storable import database_problem
+
+__all__ = [
+    "ReconcileReport",
+    "SessionDescriber",
+    "StartupReads",
+    "reconcile",
+    "reconcile_manuscripts",
+    "reconcile_session",
+    "try_reconcile",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,58 +72,6 @@ class _Writes:
             await store.write_batch(self.batch, embedded_keep)
         if self.files:
             await asyncio.to_thread(files.write_many, self.files)
-
-
-@dataclass
-class StartupReads:
-    """What reconciliation read, for start-up recovery to use instead of reading it again."""
-
-    scan: ScanReport
-    """The files as reconciliation found them."""
-    unchanged: dict[str, tuple[dict[str, Any], list[Checkpoint]]]
-    """Database document and checkpoints of the sessions reconciliation wrote nothing for
-    (their files are as in ``scan`` too); the others must be read again."""
-    reconciled: bool = True
-    """False: no reconciliation ran (no database at start-up), so nothing was written
-    since the scan and it holds every session's files as they are."""
-
-
-@dataclass
-class ReconcileReport:
-    """What reconciliation found and did."""
-
-    reads: StartupReads | None = field(default=None, repr=False)
-    """What it read (see StartupReads); taken by the engine for its recovery."""
-    sessions_checked: int = 0
-    checkpoints_to_database: int = 0
-    checkpoints_to_files: int = 0
-    sessions_created_in_database: int = 0
-    session_files_rewritten: int = 0
-    manuscripts_to_database: int = 0
-    conflicts: list[str] = field(default_factory=list)
-    decisions: list[str] = field(default_factory=list)
-    healed: list[str] = field(default_factory=list)
-    """One line per record written, naming its direction (file -> database, or back)."""
-    skipped: list[str] = field(default_factory=list)
-    """Sessions or records left as they are, and why (e.g. unstorable file records)."""
-    not_ours: list[str] = field(default_factory=list)
-    """Sessions another live instance holds (left to it)."""
-
-    def decide(self, message: str, *args: Any) -> None:
-        """Log and keep one decision."""
-        text = message % args
-        logger.info("reconcile: %s", text)
-        self.decisions.append(text)
-
-    def heal(self, text: str) -> None:
-        """Keep one record written (its decision is logged separately)."""
-        self.healed.append(text)
-
-    def skip(self, message: str, *args: Any) -> None:
-        """Warn about and keep one record or session left unhealed."""
-        text = message % args
-        logger.warning("reconcile: %s", text)
-        self.skipped.append(text)
 
 
 async def reconcile(
@@ -458,46 +417,6 @@ async def try_reconcile(
     except DatabaseUnavailableError as exc:
         logger.warning("reconciliation skipped: database unavailable (%s)", exc)
         return None
-
-
-async def reconcile_manuscripts(
-    store: SessionStore, files: FileStore, report: ReconcileReport | None = None
-) -> int:
-    """Copy manuscript files the database lacks into it; returns how many were copied.
-
-    A file that is unreadable, foreign, or holds what the database cannot store is
-    skipped with a warning (in ``report.skipped`` when given).
-    """
-    report = report if report is not None else ReconcileReport()
-    folder = files.manuscripts_dir
-    paths = await asyncio.to_thread(lambda: sorted(folder.glob("*.json")))
-    copied = 0
-    for path in paths:
-        try:
-            mid = valid_manuscript_id(path.stem)
-        except IllustratorError:
-            report.skip("ignoring foreign file %s", path)
-            continue
-        try:
-            if await store.get_manuscript(mid) is not None:
-                continue
-            document = await asyncio.to_thread(files.load_json, path)
-            document.pop("format_version", None)
-            why = database_problem(document)
-            if why is not None:
-                report.skip("manuscript file %s holds %s; not copied", path, why)
-                continue
-            await store.create_manuscript(document)
-        except DatabaseUnavailableError:
-            raise
-        except IllustratorError as exc:
-            report.skip("manuscript file %s skipped: %s", path, exc)
-            continue
-        copied += 1
-        report.manuscripts_to_database += 1
-        report.decide("manuscript %s copied from its file to the database", mid)
-        report.heal(f"manuscript {mid}: file -> database")
-    return copied
 
 
 def _is_live(status: Any) -> bool:
