@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import TextIO
 
 CLEAR_LINE = "\r\x1b[K"
@@ -23,6 +24,8 @@ class Terminal:
         """The bar as last drawn ("" when none is shown)."""
         self._bar_open = False
         """The bar is the unfinished last line of stderr."""
+        self._lock = threading.Lock()
+        """Log records come from every thread (actors, the driver), the bar from the loop."""
 
     @property
     def stream(self) -> TextIO:
@@ -34,31 +37,34 @@ class Terminal:
 
     def bar(self, text: str) -> None:
         """Draw (or redraw) the progress bar."""
-        self.bar_text = text
-        prefix = CLEAR_LINE if self._is_tty() else "\r"
-        self.stream.write(prefix + text)
-        self.stream.flush()
-        self._bar_open = True
+        with self._lock:
+            self.bar_text = text
+            prefix = CLEAR_LINE if self._is_tty() else "\r"
+            self.stream.write(prefix + text)
+            self.stream.flush()
+            self._bar_open = True
 
     def line(self, text: str) -> None:
         """Write one line to stderr above the bar (the bar is drawn again under it)."""
-        stream = self.stream
-        if self._bar_open:
-            stream.write(CLEAR_LINE if self._is_tty() else "\n")
-        stream.write(text + "\n")
-        self._bar_open = False
-        if self.bar_text and self._is_tty():
-            stream.write(self.bar_text)
-            self._bar_open = True
-        stream.flush()
+        with self._lock:
+            stream = self.stream
+            if self._bar_open:
+                stream.write(CLEAR_LINE if self._is_tty() else "\n")
+            stream.write(text + "\n")
+            self._bar_open = False
+            if self.bar_text and self._is_tty():
+                stream.write(self.bar_text)
+                self._bar_open = True
+            stream.flush()
 
     def end_bar(self) -> None:
         """The bar is done: end its line and stop redrawing it."""
-        if self._bar_open:
-            self.stream.write("\n")
-            self.stream.flush()
-        self.bar_text = ""
-        self._bar_open = False
+        with self._lock:
+            if self._bar_open:
+                self.stream.write("\n")
+                self.stream.flush()
+            self.bar_text = ""
+            self._bar_open = False
 
 
 TERMINAL = Terminal()

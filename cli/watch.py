@@ -132,8 +132,8 @@ async def _read(socket: aiohttp.ClientWebSocketResponse, state: _Follow) -> None
                 # to start beyond it, there is nothing to print.
                 if state.printed is None or last >= state.printed or not state.printed_events:
                     state.target = last
-                if state.done() or state.printed is None:
-                    return
+                if state.done() or state.printed is None or state.target is None:
+                    return  # done, nothing asked to replay, or ask again in a moment
             elif state.printed is None:
                 state.printed = last  # live: what follows is new
             continue
