@@ -27,7 +27,7 @@ from conftest import BODY, create_manuscript, manuscript_body, start
 from tests_support import EventRecorder
 
 from errors import StorageError
-from web import routes_manuscripts
+from web import routes_manuscripts, uploads
 from web.keys import ENGINE_KEY
 
 pytestmark = pytest.mark.timeout(90)
@@ -307,12 +307,15 @@ async def test_uploads_are_parsed_and_exports_rendered_off_the_event_loop(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loop_thread = threading.get_ident()
-    recorders = {
-        name: ThreadRecorder(getattr(routes_manuscripts, name))
-        for name in ("parse_manuscript_text", "parse_manuscript_json", "render_html")
-    }
-    for name, recorder in recorders.items():
-        monkeypatch.setattr(routes_manuscripts, name, recorder)
+    recorders = {}
+    for module, name in [
+        (uploads, "parse_manuscript_text"),
+        (uploads, "parse_manuscript_json"),
+        (routes_manuscripts, "parse_manuscript_json"),
+        (routes_manuscripts, "render_html"),
+    ]:
+        recorder = recorders[f"{module.__name__}.{name}"] = ThreadRecorder(getattr(module, name))
+        monkeypatch.setattr(module, name, recorder)
     response = await client.post("/api/manuscripts", data=upload(STORY, "story.md"))
     assert response.status == 201, await response.text()
     response = await client.post(
