@@ -40,6 +40,8 @@ class ServerConfig:
     websocket_max_message_bytes: int = 64 * 1024
     websocket_send_timeout_seconds: float = 10.0
     websocket_close_timeout_seconds: float = 5.0
+    allowed_hosts: tuple[str, ...] = ()
+    body_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("server", "websocket_max_message_bytes"): 1024,
     ("server", "websocket_send_timeout_seconds"): 0.01,
     ("server", "websocket_close_timeout_seconds"): 0.01,
+    ("server", "body_timeout_seconds"): 0.01,
     ("mongodb", "server_selection_timeout_ms"): 1,
     ("persistence", "batch_max_records"): 1,
     ("persistence", "batch_max_delay_ms"): 0,

@@ -10,26 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from actors.engine import Engine
 from config import Config
+from errors import StorageError
 from pipeline.providers import Providers
 from storage.base import SessionStore
 from storage.database import open_database
 from web import metrics, openapi, routes_manuscripts, routes_processing, routes_sessions, websocket
+from web.http_logs import RedactingAccessLogger, protocol_logger
 from web.keys import (
     CONFIG_KEY,
     DATABASE_KEY,
     DATABASE_OPENING_KEY,
+    DELETING_KEY,
     ENGINE_KEY,
     PROVIDERS_KEY,
     START_LOCK_KEY,
     WEBSOCKETS_KEY,
 )
-from web.middlewares import auth_middleware, error_middleware
+from web.middlewares import auth_middleware, edge_middleware, error_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +52,22 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
     """
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
-        # Long request lines reach the app, so an absurd id gets a JSON 422, not a parser 400.
-        handler_args={"max_line_size": MAX_REQUEST_LINE},
+        middlewares=[error_middleware, edge_middleware, auth_middleware],
+        handler_args={
+            # Long request lines reach the app, so an absurd id gets a JSON 422, not a
+            # parser 400.
+            "max_line_size": MAX_REQUEST_LINE,
+            # Whatever runs the app (run_app, a test server): tokens never reach the log.
+            "access_log_class": RedactingAccessLogger,
+            "logger": protocol_logger(),
+        },
     )
     app[CONFIG_KEY] = config
     app[PROVIDERS_KEY] = providers
     app[WEBSOCKETS_KEY] = set()
     app[START_LOCK_KEY] = asyncio.Lock()
+    app[DELETING_KEY] = set()
+    app.cleanup_ctx.append(_output_folder_ctx)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)
     # Shutdown closes the sockets first (GOING_AWAY); cleanup_ctx then stops sessions and
@@ -73,6 +86,32 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
     ):
         app.router.add_routes(module.routes)
     return app
+
+
+async def _output_folder_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Refuse to start on an output folder that cannot be written, saying so (before the
+    database, whose data lives there, and the engine start and fail on it)."""
+    await asyncio.to_thread(check_output_folder, app[CONFIG_KEY].output_dir)
+    yield
+
+
+def check_output_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written in it.
+
+    Raises:
+        StorageError: it cannot be created or written (read-only, not a folder, no
+            permission), naming the folder and the system's reason.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise StorageError(
+            f"the output folder {folder} is not writable: {exc.strerror or exc}; "
+            "set output.directory (ILLUSTRATOR_OUTPUT_DIRECTORY) to a writable folder",
+            details={"folder": str(folder)},
+        ) from exc
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:

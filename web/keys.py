@@ -22,6 +22,9 @@ WEBSOCKETS_KEY = web.AppKey("websockets", set[web.WebSocketResponse])
 ``server.max_websockets``, closed with GOING_AWAY at shutdown."""
 START_LOCK_KEY = web.AppKey("start_lock", asyncio.Lock)
 """Serialises session starts, so one manuscript never gets two live sessions by a race."""
+DELETING_KEY = web.AppKey("deleting", set[str])
+"""Sessions whose DELETE is under way: a second DELETE of one of them gets 409 at once
+instead of racing the first through the same files."""
 # A union is not a class, so the type goes in the subscript (aiohttp reads it back for repr).
 PROVIDERS_KEY = web.AppKey[Providers | None]("providers")
 """Providers injected by ``create_app`` (None: built from the config)."""

@@ -1,16 +1,28 @@
-"""The one error middleware (domain errors to JSON) and optional bearer-token auth."""
+"""The middlewares: the one error middleware (every failure to JSON), the edge check of
+the Host header, and optional bearer-token auth.
+
+Order (outermost first): ``error_middleware``, ``edge_middleware``, ``auth_middleware``.
+"""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from config import ServerConfig
 from errors import IllustratorError
 from web.keys import CONFIG_KEY
-from web.responses import MalformedJsonError, MalformedMultipartError, reply
+from web.responses import (
+    BodyTimeoutError,
+    MalformedJsonError,
+    MalformedMultipartError,
+    reply,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +41,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every failure into a JSON reply with the right status, never a bare 500."""
     try:
         return await handler(request)
+    except BodyTimeoutError as exc:
+        logger.info("%s %s: %s", request.method, request.path, exc.message)
+        return _closing(request, error_body(exc.message, exc.status, exc.details))
     except IllustratorError as exc:
         if exc.status >= 500:
             logger.warning("%s %s failed: %s", request.method, request.path, exc)
@@ -39,6 +54,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_body(
             "the body is not valid multipart/form-data", 400, {"field": "body", "reason": str(exc)}
         )
+    except web.RequestPayloadError as exc:
+        # A broken chunked framing or a Content-Encoding that does not decode.
+        reason = str(exc.__cause__ or exc)[:200]
+        body = error_body(
+            "the request body could not be read", 400, {"field": "body", "reason": reason}
+        )
+        return _closing(request, body)
+    except HttpProcessingError as exc:  # aiohttp's parsers, reached from a handler
+        reason = (exc.message or type(exc).__name__)[:200]
+        body = error_body(
+            "the request could not be parsed", 400, {"field": "body", "reason": reason}
+        )
+        return _closing(request, body)
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like pass through
             raise
@@ -49,24 +77,129 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             limit = request.app[CONFIG_KEY].server.max_body_bytes
             details = {"field": "body", "max_body_bytes": limit}
         return error_body(exc.reason, exc.status, details)
+    except ConnectionError:
+        if not _client_left(request):
+            logger.exception("connection error in %s %s", request.method, request.path)
+            return error_body("internal server error", 500)
+        # Nobody is left to read a reply: one quiet line, not a traceback.
+        logger.info("client %s left during %s %s", request.remote, request.method, request.path)
+        return error_body("the client closed the connection", 400)
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return error_body("internal server error", 500)
 
 
+def _client_left(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _closing(request: web.Request, response: web.Response) -> web.Response:
+    """Reply, then close the connection without waiting for the rest of the body.
+
+    After a handler returns, aiohttp reads and discards an unread body for up to its
+    ``lingering_time`` (10 s). A body that failed to decode or stopped arriving has
+    nothing more worth waiting for. aiohttp's lingering read stops quietly on a
+    TimeoutError from the body (the payload error itself would be logged as an unhandled
+    exception), then the connection closes, as ``Connection: close`` announces.
+    """
+    response.force_close()
+    if not request.content.is_eof():
+        request.content.set_exception(TimeoutError("request body abandoned"))
+    return response
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The check every request gets before its route: without tokens, its Host header
+    must name this server (421).
+
+    (Paths and queries cannot carry a lone surrogate: aiohttp's parser refuses raw
+    non-ASCII bytes in the request line, and percent-escapes that are not UTF-8 decode
+    to U+FFFD; JSON bodies are checked in ``web.responses.parse_json``.)
+    """
+    server = request.app[CONFIG_KEY].server
+    if not server.api_tokens and request.path not in PUBLIC_PATHS:
+        host = request.headers.get("Host", "")
+        if host and not host_allowed(host, server):
+            return error_body(
+                "this server does not answer to that host name; add it to "
+                "server.allowed_hosts if it is yours",
+                421,
+                {"field": "Host", "host": host[:200]},
+            )
+    return await handler(request)
+
+
+def host_allowed(host: str, server: ServerConfig) -> bool:
+    """Whether a Host header names this server.
+
+    Without tokens, anything that can reach the port may use the API, and a web page can
+    reach a server on its visitor's machine under a DNS name it controls, which it then
+    points at 127.0.0.1 (DNS rebinding): the browser sends that name as Host. So only
+    names this server is known by pass: IP addresses (a page cannot rebind a literal
+    address; the browser treats it as its own origin), ``localhost`` and ``*.localhost``
+    (browsers resolve them to loopback themselves), the bind address
+    ``server.host`` and the names in ``server.allowed_hosts`` (``*``: any).
+    """
+    if "*" in server.allowed_hosts:
+        return True
+    name = _host_name(host)
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return True
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    names = {server.host.lower(), *(h.lower().rstrip(".") for h in server.allowed_hosts)}
+    return name in names
+
+
+def _host_name(host: str) -> str:
+    """The host part of a Host header, without port, brackets or a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require ``Authorization: Bearer <token>`` (or ``?token=`` for WebSockets) when
-    ``server.api_tokens`` is set; ``/health`` stays open for probes."""
+    """Require ``Authorization: Bearer <token>`` when ``server.api_tokens`` is set;
+    ``/health`` stays open for probes.
+
+    ``?token=`` is taken only on a WebSocket handshake (browsers cannot set headers
+    there); anywhere else a token in the URL would end up in logs and histories.
+    """
     tokens = request.app[CONFIG_KEY].server.api_tokens
     if not tokens or request.path in PUBLIC_PATHS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
-    given = (
-        header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
-    )
-    if given and any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens):
+    if header[:7].lower() == "bearer ":
+        given = header[7:].strip()
+    elif _is_websocket_handshake(request):
+        given = request.query.get("token", "")
+    else:
+        given = ""
+    # surrogateescape: header bytes that are not UTF-8 arrive as lone surrogates.
+    offered = given.encode("utf-8", "surrogateescape")
+    if given and any(hmac.compare_digest(offered, t.encode()) for t in tokens):
         return await handler(request)
-    response = error_body("authentication required", 401)
+    details = {}
+    if "token" in request.query and not _is_websocket_handshake(request):
+        details = {"reason": "?token= is only accepted on WebSocket handshakes"}
+    response = error_body("authentication required", 401, details)
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+def _is_websocket_handshake(request: web.Request) -> bool:
+    return (
+        request.method == "GET"
+        and request.path.startswith("/ws/")
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+    )

@@ -10,23 +10,24 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from domain import ManuscriptId, SessionId, isoformat, manuscript_id, session_id, utcnow
 from errors import ConflictError, DatabaseUnavailableError, NotFoundError, ValidationError
-from pipeline.manuscripts import decode_upload, parse_manuscript_json, parse_manuscript_text
+from pipeline.manuscripts import Manuscript, parse_manuscript_json
 from storage import atomic
+from storage.files import FileStore
 from web.exports import EXPORT_NAME, export_document, render_html
 from web.keys import CONFIG_KEY, ENGINE_KEY
-from web.responses import MalformedMultipartError, json_object, reply
+from web.responses import json_object, reply, require_json
 from web.routes_processing import live_session_of
+from web.uploads import manuscript_from_upload, read_upload
 
 logger = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
 IMAGE_NAME = re.compile(r"^chapter_\d{1,5}_scene_\d{1,3}\.png$")
-UPLOAD_SUFFIXES = (".txt", ".md", ".markdown")
 
 
 def _summary(mid: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -44,115 +45,22 @@ def _summary(mid: str, document: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _UploadBudget:
-    """Counts the bytes of every part of one upload against ``server.max_body_bytes``.
-
-    ``request.multipart()`` streams, so aiohttp's own body limit does not apply to it.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    async def read(self, part: BodyPartReader) -> bytes:
-        data = bytearray()
-        while chunk := await part.read_chunk():
-            self.used += len(chunk)
-            if self.used > self.limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=self.limit, actual_size=self.used)
-            data.extend(chunk)
-        return bytes(data)
-
-
-def _decode_field(name: str, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValidationError(f"{name} must be UTF-8 text", details={"field": name}) from exc
-
-
-def _looks_like_utf16(raw: bytes) -> bool:
-    """Latin text in UTF-16 without a byte-order mark: NUL in (nearly) every other byte only."""
-    if len(raw) < 4:
-        return False
-    even, odd = raw[0::2], raw[1::2]
-    for text_half, zero_half in ((even, odd), (odd, even)):
-        if zero_half.count(0) >= 0.9 * len(zero_half) and text_half.count(0) == 0:
-            return True
-    return False
-
-
-def _decode_file(raw: bytes) -> str:
-    if not raw.strip():
-        raise ValidationError("the uploaded file is empty", details={"field": "file"})
-    if _looks_like_utf16(raw):
-        raise ValidationError(
-            "the file looks like UTF-16 text; upload it as UTF-8", details={"field": "file"}
-        )
-    return decode_upload(raw)
-
-
-async def _read_upload(request: web.Request) -> tuple[str, dict[str, str]]:
-    """The text of the multipart field ``file`` plus the other (text) fields.
-
-    Every part counts against ``server.max_body_bytes`` (413); a malformed multipart
-    body is a 400 and a missing, empty, binary, non-UTF-8 or non-.txt/.md file a 422.
-    """
-    limit = request.app[CONFIG_KEY].server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    budget = _UploadBudget(limit)
-    text: str | None = None
-    fields: dict[str, str] = {}
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ValidationError(
-                    "nested multipart bodies are not supported", details={"field": "body"}
-                )
-            raw = await budget.read(part)  # unknown parts are read too: they count to the limit
-            if part.name == "file":
-                filename = part.filename or ""
-                if not filename.lower().endswith(UPLOAD_SUFFIXES):
-                    raise ValidationError(
-                        "file must be a .txt or .md file", details={"field": "file"}
-                    )
-                text = _decode_file(raw)
-            elif part.name in ("title", "author", "genre", "description"):
-                fields[part.name] = _decode_field(part.name, raw)[:500]
-    except (ValueError, KeyError, AssertionError, RuntimeError) as exc:
-        # aiohttp's multipart parser reports a missing boundary, a garbled body or an
-        # unknown encoding with these; our own errors (ValidationError) pass through.
-        raise MalformedMultipartError(str(exc)[:200]) from exc
-    if text is None:
-        raise ValidationError("the multipart field 'file' is required", details={"field": "file"})
-    return text, fields
-
-
 @routes.post("/api/manuscripts")
 async def create_manuscript(request: web.Request) -> web.Response:
-    """Store a manuscript from a JSON body or an uploaded .txt/.md file."""
+    """Store a manuscript from a JSON body or an uploaded .json/.txt/.md file."""
     engine = request.app[ENGINE_KEY]
+    max_depth = request.app[CONFIG_KEY].server.max_json_depth
     if request.content_type.startswith("multipart/"):
-        text, fields = await _read_upload(request)
-        manuscript = parse_manuscript_text(
-            text, title=fields.get("title") or None, author=fields.get("author") or "Unknown"
-        )
-        if fields.get("genre") or fields.get("description"):
-            manuscript = parse_manuscript_json(
-                {
-                    **manuscript.to_dict(),
-                    "genre": fields.get("genre", manuscript.genre),
-                    "description": fields.get("description", manuscript.description),
-                }
-            )
+        upload = await read_upload(request)
+        # Decoding and splitting 10 MB of text takes ~100 ms: not on the event loop.
+        manuscript = await asyncio.to_thread(manuscript_from_upload, upload, max_depth)
     else:
-        manuscript = parse_manuscript_json(await json_object(request))
+        require_json(request, also=("multipart/form-data",))
+        data = await json_object(request)
+        manuscript = await asyncio.to_thread(parse_manuscript_json, data)
     mid = await engine.save_manuscript(manuscript)
     logger.info("stored manuscript %s (%d chapters)", mid, manuscript.total_chapters)
-    body = manuscript.to_dict()
-    body["chapters"] = [{k: v for k, v in c.items() if k != "content"} for c in body["chapters"]]
+    body = await asyncio.to_thread(_without_contents, manuscript)
     return reply(
         {
             "success": True,
@@ -162,6 +70,12 @@ async def create_manuscript(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+def _without_contents(manuscript: Manuscript) -> dict[str, Any]:
+    body = manuscript.to_dict()  # counts the words of every chapter
+    body["chapters"] = [{k: v for k, v in c.items() if k != "content"} for c in body["chapters"]]
+    return body
 
 
 @routes.get("/api/manuscripts")
@@ -261,14 +175,11 @@ async def export_manuscript(request: web.Request) -> web.Response:
     if sid is not None and engine.store is not None:
         checkpoints = await engine.store.list_checkpoints(sid)
         images = await engine.store.list_images(sid)
-    document = export_document(mid, manuscript, sid, checkpoints, images)
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
     name = f"{mid}_{stamp}.{fmt}"
-    payload = (render_html(document) if fmt == "html" else json.dumps(document, indent=2)).encode(
-        "utf-8"
-    )
+    # Rendering a large manuscript takes a while: off the event loop, with the write.
     await asyncio.to_thread(
-        atomic.atomic_write, engine.files.exports_dir / name, payload, fsync=engine.files.fsync
+        _write_export, engine.files, name, fmt, (mid, manuscript, sid, checkpoints, images)
     )
     logger.info("exported manuscript %s as %s", mid, name)
     return reply(
@@ -284,6 +195,20 @@ async def export_manuscript(request: web.Request) -> web.Response:
     )
 
 
+def _write_export(files: FileStore, name: str, fmt: str, parts: tuple[Any, ...]) -> None:
+    document = export_document(*parts)
+    text = render_html(document) if fmt == "html" else json.dumps(document, indent=2)
+    atomic.atomic_write(files.exports_dir / name, text.encode("utf-8"), fsync=files.fsync)
+
+
+def _inside_output(files: FileStore, path: Path) -> Path | None:
+    """``path`` with its symlinks resolved, if that is a file inside the output folder."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(files.root.resolve()) and resolved.is_file():
+        return resolved
+    return None
+
+
 @routes.get("/generated_images/{session_id}/{filename}")
 async def serve_image(request: web.Request) -> web.StreamResponse:
     """A generated image, by its stable URL (names validated, never joined raw)."""
@@ -292,8 +217,11 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     filename = request.match_info["filename"]
     if not IMAGE_NAME.fullmatch(filename):
         raise ValidationError("not an image file name", details={"field": "filename"})
-    path = engine.files.images_dir / sid / filename
-    if not path.is_file():
+    # A symlink may point anywhere: only a file inside the output folder is served.
+    path = await asyncio.to_thread(
+        _inside_output, engine.files, engine.files.images_dir / sid / filename
+    )
+    if path is None:
         raise NotFoundError("image not found", details={"session_id": sid, "filename": filename})
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
 
@@ -305,7 +233,9 @@ async def serve_export(request: web.Request) -> web.StreamResponse:
     filename = request.match_info["filename"]
     if not EXPORT_NAME.fullmatch(filename):
         raise ValidationError("not an export file name", details={"field": "filename"})
-    path = engine.files.exports_dir / filename
-    if not path.is_file():
+    path = await asyncio.to_thread(
+        _inside_output, engine.files, engine.files.exports_dir / filename
+    )
+    if path is None:
         raise NotFoundError("export not found", details={"filename": filename})
     return web.FileResponse(path)

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from domain import session_id
+from domain import SessionId, session_id
 from errors import ConflictError, DatabaseUnavailableError
-from web.keys import ENGINE_KEY
+from web.keys import DELETING_KEY, ENGINE_KEY
 from web.responses import query_int, reply
 from web.routes_processing import send_control
 from web.sessions import (
@@ -134,8 +134,19 @@ async def session_image_list(request: web.Request) -> web.Response:
 @routes.delete("/api/sessions/{session_id}")
 async def delete_session(request: web.Request) -> web.Response:
     """Cancel the session if live, wait for it to stop, then delete its records and files."""
-    engine = request.app[ENGINE_KEY]
     sid = session_id(request.match_info["session_id"])
+    deleting = request.app[DELETING_KEY]
+    if sid in deleting:  # two deletes would race each other through the same files
+        raise ConflictError(f"session {sid} is being deleted", details={"session_id": sid})
+    deleting.add(sid)
+    try:
+        return await _delete_session(request, sid)
+    finally:
+        deleting.discard(sid)
+
+
+async def _delete_session(request: web.Request, sid: SessionId) -> web.Response:
+    engine = request.app[ENGINE_KEY]
     view = await find_session(engine, sid)
     if view["live"]:
         with contextlib.suppress(ConflictError):  # it finished meanwhile

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from tests_support import EventRecorder
 
 from config import Config, config_from_mapping
@@ -75,14 +76,29 @@ def gate() -> Iterator[Gate]:
 ClientMaker = Callable[..., Awaitable[TestClient]]
 
 
+class ServedTestServer(TestServer):
+    """A test server whose connections behave as under ``illustrator serve`` (``web.run_app``).
+
+    aiohttp's TestServer cancels a request's handler when its client disconnects; a
+    served app's handler is not cancelled, it sees the disconnect as an error instead.
+    """
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 @pytest.fixture
 async def make_client(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ClientMaker]:
-    """``await make_client(gate=None, **server_options)``: a test client of a fresh app."""
+    """``await make_client(gate=None, as_served=False, **server_options)``: a test client
+    of a fresh app (``as_served``: on a ``ServedTestServer``)."""
 
-    async def make(gate: Gate | None = None, **server: Any) -> TestClient:
+    async def make(
+        gate: Gate | None = None, *, as_served: bool = False, **server: Any
+    ) -> TestClient:
         providers = RecordingProviders(before_call=gate.before_call if gate is not None else None)
         app = create_app(make_config(tmp_path, **server), providers=providers.providers)
-        return await aiohttp_client(app)
+        return await aiohttp_client(ServedTestServer(app) if as_served else app)
 
     yield make
 

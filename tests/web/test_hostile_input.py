@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ async def raw_request(client: TestClient, method: str, target: str) -> tuple[int
     """Send ``target`` byte for byte (no client-side normalisation of ``..`` or ``%2F``)."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(
-        f"{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n"
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
         "Connection: close\r\n\r\n".encode("latin-1")
     )
     await writer.drain()
@@ -259,11 +260,11 @@ UPLOADS: list[tuple[str, dict[str, Any], int, str | None]] = [
         422,
         "file",
     ),
-    (
+    (  # neither JSON nor multipart (was 400 "not JSON"; a browser can send it cross-site)
         "a url-encoded form",
         {"data": form(("title", "No file", None), ("author", "Ann", None))},
-        400,
-        "body",
+        415,
+        "Content-Type",
     ),
     (
         "a file with 0 chapters after parsing",
@@ -791,3 +792,374 @@ async def test_a_thousand_websockets_beyond_the_cap_get_503_and_the_accepted_get
         ws = await client.ws_connect(f"/ws/processing/{sid}")
         assert (await ws.receive_json(timeout=10))["type"] == "snapshot"
         await ws.close()
+
+
+# --------------------------------------------------------------------------- unencodable text
+
+
+LONE = "\ud800"
+"""A lone UTF-16 surrogate: ``json.loads`` accepts ``"\\ud800"``, UTF-8 (BSON) cannot encode it."""
+
+
+def _process_body(mid: str, case: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"manuscript_id": mid, "max_emotional_moments": 1}
+    if case == "style value":
+        body["style_config"] = {"art_style": "water" + LONE}
+    elif case == "style key":
+        body["style_config"] = {"art" + LONE: "x"}
+    elif case == "style list item":
+        body["style_config"] = {"artistic_influences": ["Turner", "\udfff"]}
+    elif case == "external_session_id":
+        body["external_session_id"] = LONE
+    elif case == "unknown deep field":
+        body["extra"] = {"deeper": [{"x": 1}, {"y": ["ok", "a\udc80b"]}]}
+    return body
+
+
+SURROGATE_PROCESS = [
+    ("style value", "style_config.art_style"),
+    ("style key", "style_config"),
+    ("style list item", "style_config.artistic_influences[1]"),
+    ("external_session_id", "external_session_id"),
+    ("unknown deep field", "extra.deeper[1].y[1]"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "field"), SURROGATE_PROCESS, ids=[c for c, _ in SURROGATE_PROCESS]
+)
+async def test_a_lone_surrogate_in_a_process_body_is_422_naming_the_field(
+    client: TestClient, tmp_path: Path, case: str, field: str
+) -> None:
+    mid = await create_manuscript(client, chapters=1)
+    async with Witness(client, tmp_path):
+        raw = json.dumps(_process_body(mid, case)).encode()  # "\ud800" as an escape
+        response = await client.post(
+            "/api/process", data=raw, headers={"Content-Type": "application/json"}
+        )
+        body = await expect_error(response, 422)
+        assert body["details"]["field"] == field, body
+    # The database writer was never handed the string, so it is still healthy.
+    health = await (await client.get("/health")).json()
+    assert health["database_reachable"] is True and health["persistence_backlog"] == 0
+
+
+SURROGATE_MANUSCRIPT = ["title", "author", "chapters[0].title", "chapters[0].content"]
+
+
+@pytest.mark.parametrize("field", SURROGATE_MANUSCRIPT)
+async def test_a_lone_surrogate_in_a_manuscript_is_422_and_writes_no_file(
+    client: TestClient, tmp_path: Path, field: str
+) -> None:
+    async with Witness(client, tmp_path):
+        body = _with(field, "Once " + LONE + " upon")
+        response = await client.post(
+            "/api/manuscripts",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert (await expect_error(response, 422))["details"]["field"] == field
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-32"])
+async def test_raw_surrogates_in_any_json_encoding_are_422(
+    client: TestClient, tmp_path: Path, encoding: str
+) -> None:
+    # Encoded surrogate code units (not escapes): json.loads decodes them with surrogatepass.
+    text = json.dumps(manuscript_body(1), ensure_ascii=False).replace("The Test", "The " + LONE)
+    raw = text.encode(encoding, "surrogatepass")
+    async with Witness(client, tmp_path):
+        response = await client.post(
+            "/api/manuscripts", data=raw, headers={"Content-Type": "application/json"}
+        )
+        assert (await expect_error(response, 422))["details"]["field"] == "title"
+
+
+async def test_a_surrogate_in_an_uploaded_json_file_is_422(
+    client: TestClient, tmp_path: Path
+) -> None:
+    document = manuscript_body(1)
+    document["chapters"][0]["title"] = "Dark " + LONE
+    async with Witness(client, tmp_path):
+        response = await client.post(
+            "/api/manuscripts", data=form(("file", json.dumps(document).encode(), "m.json"))
+        )
+        assert (await expect_error(response, 422))["details"]["field"] == "chapters[0].title"
+
+
+async def test_escaped_surrogates_in_ids_and_queries_never_reach_storage(
+    client: TestClient, tmp_path: Path
+) -> None:
+    # aiohttp refuses raw non-ASCII bytes in a request line, and a percent-escape that is
+    # not UTF-8 never decodes to a surrogate: these stay 422s naming the parameter.
+    mid = await create_manuscript(client, chapters=1)
+    async with Witness(client, tmp_path):
+        for method, target, field in [
+            ("GET", "/api/manuscripts/%ED%A0%80", "manuscript_id"),
+            ("POST", f"/api/manuscripts/{mid}/export?session_id=%ED%A0%80", "session_id"),
+            ("POST", f"/api/manuscripts/{mid}/export?format=%ED%A0%80", "format"),
+            ("GET", f"/api/sessions/{uuid.uuid4()}/logs?after=%ED%A0%80", "after"),
+        ]:
+            status, body = await raw_request(client, method, target)
+            assert status == 422 and body["details"]["field"] == field, (target, body)
+
+
+async def test_text_beyond_the_basic_plane_is_still_accepted(client: TestClient) -> None:
+    body = manuscript_body(1)
+    body["title"] = "Emoji \U0001f600 and Ünïcödé"  # a surrogate *pair* once escaped
+    response = await client.post(
+        "/api/manuscripts",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 201, await response.text()
+    mid = (await response.json())["manuscript_id"]
+    got = await (await client.get(f"/api/manuscripts/{mid}")).json()
+    assert got["manuscript"]["title"] == body["title"]
+
+
+# --------------------------------------------------------------------------- .json uploads
+
+
+async def test_a_json_manuscript_uploaded_as_a_file_is_accepted_like_a_json_body(
+    client: TestClient,
+) -> None:
+    document = manuscript_body(2)
+    response = await client.post(
+        "/api/manuscripts", data=form(("file", json.dumps(document).encode(), "m.JSON"))
+    )
+    assert response.status == 201, await response.text()
+    mid = (await response.json())["manuscript_id"]
+    stored = (await (await client.get(f"/api/manuscripts/{mid}")).json())["manuscript"]
+    assert stored["title"] == document["title"] and stored["author"] == document["author"]
+    assert [c["content"] for c in stored["chapters"]] == [
+        c["content"] for c in document["chapters"]
+    ]
+    # Form fields name it, as they do for a text file.
+    renamed = await client.post(
+        "/api/manuscripts",
+        data=form(("file", json.dumps(document).encode(), "m.json"), ("title", "Renamed", None)),
+    )
+    assert (await renamed.json())["manuscript"]["title"] == "Renamed"
+
+
+JSON_FILES = [
+    ("not JSON", b"{not json", "file"),
+    ("a JSON array", b"[1, 2]", "file"),
+    ("NUL bytes", b'{"title": "a\x00"}', "file"),
+    ("too deep", b"[" * 100 + b"]" * 100, "body"),
+    ("no chapters", json.dumps({"title": "T", "author": "A"}).encode(), "chapters"),
+    ("empty", b"  \n", "file"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "field"), JSON_FILES, ids=[c[0] for c in JSON_FILES])
+async def test_a_bad_json_file_upload_is_422_naming_the_problem(
+    client: TestClient, tmp_path: Path, case: str, raw: bytes, field: str
+) -> None:
+    async with Witness(client, tmp_path):
+        response = await client.post("/api/manuscripts", data=form(("file", raw, "m.json")))
+        assert (await expect_error(response, 422))["details"]["field"] == field
+
+
+# --------------------------------------------------------------------------- broken transfers
+
+
+def problems(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Log records a client's mistake must not cause: errors, and tracebacks at any level."""
+    return [
+        f"{r.name} {r.levelname} {r.getMessage()[:200]}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR or r.exc_info
+    ]
+
+
+async def raw_exchange(client: TestClient, data: bytes, timeout: float = 20) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server sends until it closes."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def parse_reply(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one raw HTTP reply."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ", 2)[1]), headers, body
+
+
+async def test_a_body_that_does_not_inflate_is_400_json_and_quiet(
+    make_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(as_served=True)
+    garbage = b"this is not a deflate stream" * 10
+    async with Witness(client, tmp_path):
+        data = await raw_exchange(
+            client,
+            b"POST /api/process HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: deflate\r\n"
+            + f"Content-Length: {len(garbage)}\r\n\r\n".encode()
+            + garbage,
+        )
+        status, headers, body = parse_reply(data)  # the server closed the connection after it
+        assert status == 400 and headers["content-type"].startswith("application/json"), data
+        assert headers.get("connection") == "close"
+        parsed = json.loads(body)
+        assert parsed["success"] is False and parsed["details"]["field"] == "body"
+    assert problems(caplog) == []
+
+
+DISPOSITION = 'Content-Disposition: form-data; name="file"; '
+BAD_PART_HEADERS = [
+    ("a NUL in the file name", DISPOSITION + 'filename="a\x00b.txt"'),
+    ("a control byte in the file name", DISPOSITION + 'filename="a\x01.md"'),
+    ("a 64 kB part header", DISPOSITION + 'filename="a.txt"\r\nX-Pad: ' + "a" * 65536),
+    ("a 64 kB file name", DISPOSITION + 'filename="' + "n" * 65536 + '.txt"'),
+]
+
+
+@pytest.mark.parametrize(("case", "header"), BAD_PART_HEADERS, ids=[c for c, _ in BAD_PART_HEADERS])
+async def test_a_malformed_part_header_is_400_json(
+    make_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str, header: str
+) -> None:
+    client = await make_client(max_body_bytes=1_000_000)  # the part header is under the limit
+    raw = (
+        f"--{BOUNDARY}\r\n{header}\r\n\r\n".encode("latin-1")
+        + STORY
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    async with Witness(client, tmp_path):
+        response = await client.post(
+            "/api/manuscripts",
+            data=raw,
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        assert (await expect_error(response, 400))["details"]["field"] == "body"
+    assert problems(caplog) == []
+
+
+async def test_request_line_and_header_errors_are_logged_without_a_traceback(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    for data in [
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Line\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"h" * 10_000 + b"\r\n\r\n",
+        b"POST /api/process HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nNOT HTTP\r\n\r\n",
+    ]:
+        replies = await raw_exchange(client, data)
+        # aiohttp answers these itself, before the application runs (see README).
+        assert b"HTTP/1.1 400 " in replies or b"HTTP/1.0 400 " in replies, replies[:200]
+    assert problems(caplog) == []
+    assert (await client.get("/health")).status == 200
+
+
+async def _await_access_log(caplog: pytest.LogCaptureFixture, seen: int, line: str) -> None:
+    """Until aiohttp has logged the request (it has given up on it)."""
+    async with asyncio.timeout(20):
+        while not any(
+            r.name == "aiohttp.access" and line in r.getMessage() for r in caplog.records[seen:]
+        ):
+            await asyncio.sleep(0.01)
+
+
+async def test_a_client_leaving_in_the_middle_of_a_body_is_logged_quietly(
+    make_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(as_served=True)
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    mid = await create_manuscript(client, chapters=1)
+    server = client.server.runner.server
+    assert server is not None
+    async with Witness(client, tmp_path):
+        for path, content_type, start_of_body in [
+            ("/api/process", "application/json", b'{"manuscript_id": "' + mid.encode()),
+            ("/api/manuscripts", "application/json", b'{"title": "Half'),
+            (
+                "/api/manuscripts",
+                f"multipart/form-data; boundary={BOUNDARY}",
+                multipart_bytes(("file", STORY, "s.md"))[:200],
+            ),
+        ]:
+            seen, before = len(caplog.records), server.requests_count
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                "Content-Length: 60000\r\n\r\n".encode()
+                + start_of_body
+            )
+            await writer.drain()
+            # Leave once the handler is reading the body: the server runs on this loop, and
+            # the task it starts for the request runs before our next turns.
+            async with asyncio.timeout(10):
+                while server.requests_count == before:
+                    await asyncio.sleep(0.005)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            writer.close()  # gone, mid-body (a FIN after the data: the server reads it)
+            await writer.wait_closed()
+            await _await_access_log(caplog, seen, f"POST {path}")
+    assert problems(caplog) == []
+
+
+async def test_a_websocket_client_leaving_during_replay_is_logged_quietly(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(as_served=True)
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    sid = await completed_session(client)
+    engine = client.app[ENGINE_KEY]
+    assert engine.store is not None
+    # 4 MB of history, far more than the socket buffers hold while nobody reads.
+    await engine.store.log_events(
+        [
+            LogEntry(
+                session_id=sid,
+                event_seq=100_000 + i,
+                type="log",  # type: ignore[arg-type]
+                payload={"level": "info", "message": "r" * 2000},
+            )
+            for i in range(2000)
+        ]
+    )
+    seen = len(caplog.records)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"GET /ws/processing/{sid}?after=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+    )
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    await reader.readexactly(64 * 1024)  # the replay is under way
+    writer.transport.abort()
+    await _await_access_log(caplog, seen, f"GET /ws/processing/{sid}")
+    assert problems(caplog) == []
+    ws = await client.ws_connect(f"/ws/processing/{sid}")
+    assert (await ws.receive_json(timeout=10))["type"] == "snapshot"
+    await ws.close()
+
+
+async def test_two_concurrent_deletes_of_one_session_are_200_and_409_never_500(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = client.app[ENGINE_KEY]
+    for _ in range(3):
+        sid = await completed_session(client)
+        images = engine.files.images_dir / sid
+        for n in range(2000):  # so that two deletions overlap for sure
+            (images / f"chapter_{n + 100}_scene_1.png").write_bytes(b"png")
+        first, second = await asyncio.gather(
+            client.delete(f"/api/sessions/{sid}"), client.delete(f"/api/sessions/{sid}")
+        )
+        statuses = sorted([first.status, second.status])
+        assert statuses in ([200, 404], [200, 409]), [await first.text(), await second.text()]
+        assert not images.exists()
+        await expect_error(await client.get(f"/api/sessions/{sid}"), 404)
+    assert problems(caplog) == []
