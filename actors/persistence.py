@@ -575,6 +575,11 @@ def _drop_sessions(batch: PersistBatch, sessions: set[str]) -> None:
 
 def _accepts_connections(host: str, port: int) -> bool:
     try:
+        if host.startswith("/"):  # a unix socket (the embedded database listens on one)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+                unix.settimeout(0.5)
+                unix.connect(host)
+            return True
         with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:

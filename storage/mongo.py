@@ -134,7 +134,8 @@ def open_store(
     if driver != "mongomock":
         from pymongo.uri_parser import parse_uri
 
-        store.seeds = tuple((str(host), int(port)) for host, port in parse_uri(uri)["nodelist"])
+        nodes = parse_uri(uri)["nodelist"]  # a unix socket has no port: (path, None)
+        store.seeds = tuple((str(host), int(port or 0)) for host, port in nodes)
     return store
 
 
@@ -167,7 +168,8 @@ class MongoStore:
         self._db = client[database]
         self.database_name = database
         self.seeds: tuple[tuple[str, int], ...] = ()
-        """(host, port) of the servers in the URI; empty for the in-memory driver."""
+        """(host, port) of the servers in the URI, (path, 0) for a unix socket; empty for
+        the in-memory driver."""
         self._sessions = self._db["sessions"]
         self._checkpoints = self._db["checkpoints"]
         self._logs = self._db["logs"]

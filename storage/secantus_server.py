@@ -47,14 +47,27 @@ membership and the same key bytes (collation and multikey included); geo indexes
 always rewritten. An update of 32 session documents' lease fields: 31.6 → 21-23 ms in
 process. A document whose update is refused drops its announcement.
 
+And a unix socket to listen on. SecantusDB 0.7 listens on TCP only, with no
+authentication unless users are provisioned through an unauthenticated first run, so any
+local user could read and write every session on its port. Given a ``--host`` that is an
+absolute path, the server listens on a unix domain socket there instead (mode 0600, in
+the engine's 0700 folder: only the engine's user can connect) and opens no TCP port. Its
+stop also wakes the accept loop by shutting the listening socket down: SecantusDB only
+closes it, which leaves ``accept()`` blocked until its 2 s join timeout, so every stop
+took 2.1 s (bench/embedded_start.py).
+
 The patches are applied only to the SecantusDB version they were checked against; any
-other version runs unpatched, with a warning in its log.
+other version runs unpatched, with a warning in its log, and cannot listen on a socket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -298,10 +311,65 @@ def _updating(method: Callable[..., Any]) -> Callable[..., Any]:
     return update
 
 
+class _UnixListener(socket.socket):
+    """A listening unix socket that names addresses the way SecantusDB expects them:
+    ``(host, port)`` pairs, for its log lines, thread names and ``whatsmyuri``."""
+
+    path = ""
+
+    def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        conn, _unnamed_peer = super().accept()
+        return conn, (self.path, 0)
+
+    def getsockname(self) -> tuple[str, int]:
+        return (self.path, 0)
+
+
+def _unix_socket_server(server_class: Any) -> None:
+    """``--host /path.sock``: listen on that unix socket, not TCP (see the module docstring)."""
+    tcp_start, original_stop = server_class.start, server_class.stop
+
+    @functools.wraps(tcp_start)
+    def start(self: Any) -> None:
+        path = self.host
+        if not (isinstance(path, str) and path.startswith("/")):
+            return tcp_start(self)
+        if self._socket is not None:
+            raise RuntimeError("server is already started")
+        # A socket file left by a killed server. Storage is open (the constructor opened
+        # WiredTiger, one process per storage path), so no live server of ours is on it.
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        listener = _UnixListener(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.path = path
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen()
+        self._socket, self.port = listener, 0
+        self._stop_event.clear()
+        self._thread = threading.Thread(
+            target=self._serve_forever, name="secantus-accept", daemon=True
+        )
+        self._thread.start()
+        logger.info("secantus listening on unix socket %s", path)
+        return None
+
+    @functools.wraps(original_stop)
+    def stop(self: Any) -> None:
+        listener = self._socket
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        original_stop(self)
+
+    server_class.start, server_class.stop = start, stop
+
+
 def apply_patch() -> bool:
     """Apply the patches (see the module docstring); return whether they were applied."""
     import secantus
-    from secantus import query, storage
+    from secantus import query, server, storage
 
     version = getattr(secantus, "__version__", "?")
     store = storage.Storage
@@ -312,6 +380,7 @@ def apply_patch() -> bool:
         or retry is None
         or not all(hasattr(store, name) for name in ("_iter_indexes", "get_profile", "set_profile"))
         or not hasattr(query, "_op_matches")
+        or not hasattr(getattr(server, "SecantusDBServer", None), "_serve_forever")
         or not all(hasattr(store, name) for name in REWRITE_METHODS)
         or not all(
             hasattr(storage, name)
@@ -335,9 +404,11 @@ def apply_patch() -> bool:
         store.get_profile, store.set_profile
     )
     query._op_matches = _string_sets(query._op_matches)
+    _unix_socket_server(server.SecantusDBServer)
     logger.info(
         "SecantusDB %s: index catalog read once per statement chunk, profiling level cached,"
-        " $in over strings as a set, unchanged index entries kept by updates",
+        " $in over strings as a set, unchanged index entries kept by updates,"
+        " unix socket listener",
         version,
     )
     return True
@@ -353,8 +424,15 @@ def main() -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    apply_patch()
+    if not apply_patch() and _wants_unix_socket(sys.argv[1:]):
+        logger.error("this SecantusDB version cannot listen on a unix socket (--host PATH)")
+        return 2
     return int(secantus_main(sys.argv[1:]) or 0)
+
+
+def _wants_unix_socket(argv: list[str]) -> bool:
+    hosts = [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--host"]
+    return any(host.startswith("/") for host in hosts)
 
 
 if __name__ == "__main__":

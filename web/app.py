@@ -170,6 +170,7 @@ async def health(request: web.Request) -> web.Response:
             "live_sessions": len(engine.hub.snapshots()),
             "instance_id": engine.instance_id,
             "leases_held": stats["leases"],
+            "embedded_database": handle.embedded_status(),
             "ok": healthy,
         }
     )
