@@ -1,5 +1,5 @@
-"""The middlewares: the one error middleware (every failure to JSON), the edge check of
-the Host header, and optional bearer-token auth.
+"""The middlewares: the one error middleware (every failure to JSON), the edge checks of
+the Host and Origin headers, and optional bearer-token auth.
 
 Order (outermost first): ``error_middleware``, ``edge_middleware``, ``auth_middleware``.
 """
@@ -10,6 +10,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC_PATHS = frozenset({"/health"})
+
+# Requests that change something: a page on another site may send them (a form post or
+# a multipart upload needs no CORS preflight), so their Origin header is checked.
+CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def error_body(error: str, status: int, details: dict | None = None) -> web.Response:
@@ -111,8 +116,9 @@ def _closing(request: web.Request, response: web.Response) -> web.Response:
 
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The check every request gets before its route: without tokens, its Host header
-    must name this server (421).
+    """The checks every request gets before its route: without tokens, its Host header
+    must name this server (421); a request that changes something and comes from a
+    browser page must come from an allowed origin (403, see ``origin_allowed``).
 
     (Paths and queries cannot carry a lone surrogate: aiohttp's parser refuses raw
     non-ASCII bytes in the request line, and percent-escapes that are not UTF-8 decode
@@ -128,7 +134,30 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 421,
                 {"field": "Host", "host": host[:200]},
             )
+    if request.method in CHANGING_METHODS and not origin_allowed(request):
+        return error_body(
+            "requests from that origin are not accepted; add it to server.allowed_origins "
+            "if it is yours",
+            403,
+            {"field": "Origin", "origin": request.headers.get("Origin", "")[:200]},
+        )
     return await handler(request)
+
+
+def origin_allowed(request: web.Request) -> bool:
+    """Whether a request's ``Origin`` header is acceptable (cross-site request forgery and
+    WebSocket hijacking).
+
+    Browsers send ``Origin`` on every cross-origin POST and every WebSocket handshake, and
+    a page cannot forge it. No header means a client that is not a browser page (curl, the
+    CLI): allowed. Otherwise the origin must be the server's own (its host and port equal
+    the Host header), or be listed in ``server.allowed_origins`` (``*``: any).
+    """
+    origin = request.headers.get("Origin")
+    if origin is None or urlsplit(origin).netloc == request.host:
+        return True
+    allowed = request.app[CONFIG_KEY].server.allowed_origins
+    return origin in allowed or "*" in allowed
 
 
 def host_allowed(host: str, server: ServerConfig) -> bool:

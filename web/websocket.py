@@ -30,7 +30,6 @@ import contextlib
 import logging
 import struct
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -40,7 +39,7 @@ from domain import SessionId, manuscript_id, session_id
 from errors import DatabaseUnavailableError
 from storage.records import LogEntry
 from web.keys import CONFIG_KEY, ENGINE_KEY, WEBSOCKETS_KEY
-from web.middlewares import error_body
+from web.middlewares import error_body, origin_allowed
 from web.responses import dumps, query_int
 from web.sessions import find_session
 
@@ -205,17 +204,9 @@ def _text_frame(payload: bytes) -> bytes:
 
 
 def check_origin(request: web.Request) -> None:
-    """Browsers send Origin: it must be allowed (or the same host); none = non-browser client."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return
-    allowed = request.app[CONFIG_KEY].server.allowed_origins
-    if allowed:
-        if origin in allowed or "*" in allowed:
-            return
-    elif urlsplit(origin).netloc == request.host:
-        return
-    raise web.HTTPForbidden(reason="origin not allowed")
+    """A browser's handshake must come from an allowed origin (``origin_allowed``)."""
+    if not origin_allowed(request):
+        raise web.HTTPForbidden(reason="origin not allowed")
 
 
 def _admit(request: web.Request) -> web.WebSocketResponse:

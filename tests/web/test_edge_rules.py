@@ -106,6 +106,48 @@ async def test_with_tokens_the_host_is_not_checked(make_client: Any) -> None:
     assert response.status == 200
 
 
+# --------------------------------------------------------------------------- Origin header
+
+
+async def test_a_page_of_another_origin_cannot_change_anything(client: TestClient) -> None:
+    """A multipart upload needs no CORS preflight, so without this check any web page its
+    visitor opens could upload to, or pause and delete on, a server on their machine."""
+    mid = await create_manuscript(client)
+    before = await (await client.get("/api/manuscripts")).json()
+    evil = {"Origin": "https://evil.example"}
+    body = await expect_error(
+        await client.post("/api/manuscripts", data=upload(STORY, "m.md"), headers=evil), 403
+    )
+    assert body["details"] == {"field": "Origin", "origin": "https://evil.example"}
+    await expect_error(await client.delete(f"/api/manuscripts/{mid}", headers=evil), 403)
+    await expect_error(
+        await client.post("/api/process", json={"manuscript_id": mid}, headers=evil), 403
+    )
+    assert await (await client.get("/api/manuscripts")).json() == before
+    # Reading is not refused (a cross-origin page cannot read the answer anyway).
+    assert (await client.get("/api/manuscripts", headers=evil)).status == 200
+    # The server's own page, and clients that are not browsers (no Origin), are served.
+    own = {"Origin": f"http://{client.host}:{client.port}"}
+    uploaded = await client.post("/api/manuscripts", data=upload(STORY, "m.md"), headers=own)
+    assert uploaded.status == 201, await uploaded.text()
+    assert (await client.post("/api/manuscripts", data=upload(STORY, "n.md"))).status == 201
+
+
+async def test_allowed_origins_admit_other_sites_pages(make_client: Any) -> None:
+    client = await make_client(allowed_origins=["https://app.example"])
+    for origin in ["https://app.example", f"http://{client.host}:{client.port}"]:
+        sent = await client.post(
+            "/api/manuscripts", data=upload(STORY, "m.md"), headers={"Origin": origin}
+        )
+        assert sent.status == 201, (origin, await sent.text())
+    await expect_error(
+        await client.post(
+            "/api/manuscripts", data=upload(STORY, "m.md"), headers={"Origin": "https://x.example"}
+        ),
+        403,
+    )
+
+
 # --------------------------------------------------------------------------- JSON bodies
 
 
