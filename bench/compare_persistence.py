@@ -12,7 +12,7 @@ does). Variants:
   files (fsync on, as in production; ``--no-fsync`` to drop it) and one database batch.
 - ``naive``: per checkpoint one ``insert_one`` (the checkpoint document) and one
   ``update_one`` (the same ``$push``/``$slice``, ``$max`` and ``$set`` our batch applies)
-  with ``j: true``; PyMongo async, at most 64 operations in flight (FINDINGS: more starve).
+  with ``j: true``; PyMongo async, at most 64 operations in flight (more starve its event loop).
 - ``langgraph``: LangGraph's ``MongoDBSaver`` (langgraph-checkpoint-mongodb) under a
   compiled ``StateGraph`` of sequential nodes, one thread per session, ``durability="sync"``
   (each checkpoint persisted before the next step), ``ainvoke`` of N threads at once. Its

@@ -2,8 +2,8 @@
 
 Against a real SecantusDB process killed with SIGKILL right after ``write_batch`` returns:
 whatever a batch wrote must be there after the restart. Without the journaled last write
-the database loses the last acknowledged unjournaled writes (FINDINGS: "the last few
-dozen"); this test fails then.
+the database loses the last acknowledged unjournaled writes (measured on SecantusDB: the
+last few dozen); this test fails then.
 """
 
 from __future__ import annotations
