@@ -1,6 +1,6 @@
 """Names shared by every layer: ids, statuses, checkpoint types, processing steps.
 
-Values follow ``spec/persistence-and-checkpoints.md``: enum values are the lower-case
+Values are the specification's names (``docs/architecture.md``): enum values are the lower-case
 spellings that appear in the session file format (``"last_completed_step": "chapter_analyzed"``).
 """
 

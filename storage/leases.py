@@ -1,4 +1,5 @@
-"""Session ownership when several instances share one database (DESIGN guarantee 6).
+"""Session ownership when several instances share one database (guarantee 7,
+docs/architecture.md).
 
 A session is run by one instance at a time. Its ``sessions`` document names the
 ``owner`` (an instance id), ``lease_until`` (UTC; the owner renews it while the session

@@ -1,4 +1,5 @@
-"""Several instances on one database (DESIGN guarantee 6), two engines in one process.
+"""Several instances on one database (guarantee 7, docs/architecture.md): two engines in
+one process.
 
 Each engine has its own ``instance_id``; they share the database and the output folder
 (a shared volume), as a deployment of several servers would. The crash version, with

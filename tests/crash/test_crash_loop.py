@@ -1,6 +1,6 @@
 """Crash loop: `kill -9` the real `illustrator serve` again and again while sessions run.
 
-Guarantees 1-3 of DESIGN.md through the server, the REST API and the WebSocket, over many
+Guarantees 1-3 of docs/architecture.md through the server, the REST API and the WebSocket, over many
 crashes. Each cycle starts the real server (embedded database, provider latency 20-80 ms,
 provider call log, 32 px images, ``processing.auto_resume = true``) on a free port:
 

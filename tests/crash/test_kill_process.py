@@ -1,6 +1,6 @@
 """Crash test: `kill -9` a real `illustrator process` run at several points, then resume.
 
-Guarantees 1-3 of DESIGN.md, end to end: every acknowledged checkpoint survives,
+Guarantees 1-3 of docs/architecture.md, end to end: every acknowledged checkpoint survives,
 sequence numbers stay gap-free and unique, no image is generated twice, and the final
 output equals that of an uninterrupted run.
 """

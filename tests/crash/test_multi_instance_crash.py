@@ -1,7 +1,7 @@
 """Two real servers share one database and one output folder; one is `kill -9`ed mid-work.
 
-DESIGN guarantee 6 with real processes: sessions started on server A are taken over by
-server B once A dies (B notices on its periodic lease check: A's process is gone from
+Guarantee 7 of docs/architecture.md with real processes: sessions started on server A are
+taken over by server B once A dies (B notices on its periodic lease check: A's process is gone from
 this host, so B need not wait out the lease), and B finishes them. What must hold:
 
 * B does not touch A's sessions while A lives (its first lease checks run during A's work);

@@ -1,4 +1,5 @@
-"""Session leases and epoch fencing in the store (DESIGN guarantee 6), on every backend."""
+"""Session leases and epoch fencing in the store (guarantee 7,
+docs/architecture.md), on every backend."""
 
 from __future__ import annotations
 
