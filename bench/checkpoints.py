@@ -46,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from tests_support import make_manuscript  # noqa: E402
 
 from actors.engine import Engine  # noqa: E402
 from actors.messages import CheckpointReached, GetPersistenceStats  # noqa: E402
@@ -53,7 +56,7 @@ from actors.persistence import PersistenceActor  # noqa: E402
 from config import Config, config_from_mapping  # noqa: E402
 from pipeline.analysis import EmotionalMoment  # noqa: E402
 from pipeline.images import LocalImageGenerator, write_file_atomically  # noqa: E402
-from pipeline.manuscripts import Chapter, Manuscript  # noqa: E402
+from pipeline.manuscripts import Chapter  # noqa: E402
 from pipeline.prompts import IllustrationPrompt  # noqa: E402
 from pipeline.providers import Providers  # noqa: E402
 from storage.database import open_database  # noqa: E402
@@ -249,24 +252,6 @@ def capture_logs(verbose: bool) -> LogCapture:
 
 
 # --------------------------------------------------------------------------- one level
-
-
-def make_manuscript(chapters: int) -> Manuscript:
-    """A small manuscript (the same text as tests.tests_support.make_manuscript)."""
-    body = (
-        "The storm broke over the dark castle and Mara screamed in terror. "
-        "Later, in the quiet garden, she laughed with joy and hope beside Tomas. "
-        "A strange shadow moved in the forest; the mystery deepened and fear returned. "
-        "At dawn the sea was calm and peaceful, and they felt a gentle warmth. "
-    )
-    return Manuscript(
-        title="The Bench of Time",
-        author="Bench",
-        chapters=tuple(
-            Chapter(number=n, title=f"Part {n}", content=body * (2 + n))
-            for n in range(1, chapters + 1)
-        ),
-    )
 
 
 def checkpoints_per_session(chapters: int, moments: int) -> int:

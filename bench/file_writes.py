@@ -26,6 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checkpoints import filesystem_of  # noqa: E402  (bench/checkpoints.py)
 
 from domain import CheckpointType, ProcessingStep, SessionId, new_id  # noqa: E402
 from storage import atomic  # noqa: E402
@@ -53,20 +56,6 @@ def document(session: SessionId, seq: int) -> dict:
         processing_state={"processed_chapters": list(range(1, 8)), "total_images_generated": 12},
     )
     return cp.to_json()
-
-
-def filesystem_of(path: Path) -> str:
-    """``type (device)`` of the mount holding ``path``, from /proc/mounts."""
-    best = ("", "unknown", "?")
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                device, mount, fstype = line.split()[:3]
-                if str(path).startswith(mount) and len(mount) >= len(best[0]):
-                    best = (mount, fstype, device)
-    except OSError:
-        pass
-    return f"{best[1]} ({best[2]} on {best[0]})"
 
 
 def percentile(values: list[float], share: float) -> float:

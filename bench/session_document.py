@@ -33,6 +33,9 @@ from typing import Any
 import bson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from tests_support import moment  # noqa: E402
 
 from domain import CheckpointType, ProcessingStep, SessionId, new_id  # noqa: E402
 from storage.embedded import EmbeddedDatabase  # noqa: E402
@@ -47,21 +50,6 @@ CHAPTER_STEPS = [
     (CheckpointType.CHAPTER_COMPLETED, ProcessingStep.GENERATING_IMAGES),
 ]
 MOMENTS_PER_CHAPTER = 10
-
-
-def moment(chapter: int, index: int) -> dict[str, Any]:
-    return {
-        "text_excerpt": f"Chapter {chapter}, moment {index}: the storm broke over the harbour "
-        "as she finally read the letter her brother had never sent. " * 2,
-        "start_position": index * 400,
-        "end_position": index * 400 + 180,
-        "emotional_tones": ["tension", "melancholy", "courage"],
-        "intensity_score": 0.5 + index / 40,
-        "context": "The harbour at night, after the funeral.",
-        "characters_present": ["Mara", "Tomas"],
-        "setting_description": "A rain-lashed stone quay lit by a single lantern.",
-        "narrative_context": "Turning point of the chapter.",
-    }
 
 
 def make_checkpoint(

@@ -1,4 +1,5 @@
-"""Helpers shared by tests: event recorder, sample manuscripts."""
+"""Helpers shared by the tests and the benchmarks (bench/ puts tests/ on its path): event
+recorder, sample manuscripts and emotional moments, store factories."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ from storage.mongo import open_store
 from storage.records import LogEntry
 
 FINAL = {"completed", "failed", "paused", "cancelled"}
+
+
+def moment(chapter: int, index: int) -> dict[str, Any]:
+    return {
+        "text_excerpt": f"Chapter {chapter}, moment {index}: the storm broke over the harbour "
+        "as she finally read the letter her brother had never sent." * 2,
+        "start_position": index * 400,
+        "end_position": index * 400 + 180,
+        "emotional_tones": ["tension", "melancholy", "courage"],
+        "intensity_score": 0.5 + index / 40,
+        "context": "The harbour at night, after the funeral.",
+        "characters_present": ["Mara", "Tomas"],
+        "setting_description": "A rain-lashed stone quay lit by a single lantern.",
+        "narrative_context": "Turning point of the chapter.",
+    }
 
 
 def store_maker(backend: str, request: pytest.FixtureRequest) -> Callable[[str], Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import bson
 import pytest
 from pymongo.errors import AutoReconnect
+from tests_support import moment
 
 from domain import CheckpointType, ProcessingStep, SessionId, SessionStatus, new_id
 from errors import DatabaseUnavailableError
@@ -64,21 +65,6 @@ def checkpoint(sid: str, seq: int, **fields: Any) -> Checkpoint:
     }
     values.update(fields)
     return Checkpoint(session_id=SessionId(sid), sequence_number=seq, **values)
-
-
-def moment(chapter: int, index: int) -> dict[str, Any]:
-    return {
-        "text_excerpt": f"Chapter {chapter}, moment {index}: the storm broke over the harbour "
-        "as she finally read the letter her brother had never sent." * 2,
-        "start_position": index * 400,
-        "end_position": index * 400 + 180,
-        "emotional_tones": ["tension", "melancholy", "courage"],
-        "intensity_score": 0.5 + index / 40,
-        "context": "The harbour at night, after the funeral.",
-        "characters_present": ["Mara", "Tomas"],
-        "setting_description": "A rain-lashed stone quay lit by a single lantern.",
-        "narrative_context": "Turning point of the chapter.",
-    }
 
 
 def chapter_checkpoints(sid: str, chapter: int, first_seq: int, moments: int) -> list[Checkpoint]:
