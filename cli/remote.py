@@ -18,7 +18,15 @@ def register_manuscripts(commands: Any) -> None:
         "manuscripts", help="manuscripts stored by the running server"
     )
     sub = manuscripts.add_subparsers(dest="manuscripts_command", required=True)
-    listing = sub.add_parser("list", help="every manuscript, newest first (asks the server)")
+    listing = sub.add_parser(
+        "list", help="the stored manuscripts, newest first, one page (asks the server)"
+    )
+    listing.add_argument(
+        "--limit", type=int, default=50, help="manuscripts per page, 1-500 (default: 50)"
+    )
+    listing.add_argument(
+        "--offset", type=int, default=0, help="skip this many, newest first (default: 0)"
+    )
     listing.add_argument("--json", action="store_true", help="print the JSON reply (default: off)")
     add_server_options(listing)
     listing.set_defaults(handler=_manuscripts_list)
@@ -47,13 +55,15 @@ def register_session_controls(sessions: Any) -> None:
 def _manuscripts_list(config: Config, args: argparse.Namespace) -> int:
     async def run() -> int:
         async with api_client(config, args) as api:
-            data = await api.call("GET", "/api/manuscripts")
+            data = await api.call(
+                "GET", f"/api/manuscripts?limit={args.limit}&offset={args.offset}"
+            )
         if args.json:
             print(json.dumps(data, indent=2))
             return 0
         items = data.get("manuscripts") or []
         if not items:
-            print("No manuscripts.")
+            print(f"No manuscripts (total {data.get('total', 0)}).")
             return 0
         print(f"{'MANUSCRIPT':36}  {'CHAPTERS':>8}  {'CREATED':19}  TITLE (AUTHOR)")
         for m in items:
@@ -62,6 +72,11 @@ def _manuscripts_list(config: Config, args: argparse.Namespace) -> int:
                 f"  {str(m.get('created_at') or '')[:19]:19}  {m.get('title', '')}"
                 f" ({m.get('author') or 'unknown'})"
             )
+        first = args.offset + 1
+        print(f"{first}-{args.offset + len(items)} of {data.get('total', len(items))}", end="")
+        if data.get("next_offset") is not None:
+            print(f"; next page: --offset {data['next_offset']}", end="")
+        print()
         return 0
 
     return asyncio.run(run())

@@ -41,8 +41,16 @@ class SessionStore(Protocol):
         statuses: list[str] | None = None,
         manuscript_id: ManuscriptId | None = None,
         limit: int = 1000,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """Session documents, newest first, optionally filtered."""
+        """Session documents, newest first, optionally filtered; at most ``limit`` of
+        them after skipping the first ``offset`` (in the database: a page reads only
+        its own documents)."""
+
+    async def count_sessions(
+        self, *, statuses: list[str] | None = None, manuscript_id: ManuscriptId | None = None
+    ) -> int:
+        """How many session documents match these filters."""
 
     async def get_resumable_sessions(self) -> list[dict[str, Any]]:
         """Sessions with ``can_resume`` true, newest first."""
@@ -119,8 +127,11 @@ class SessionStore(Protocol):
     async def get_manuscript(self, manuscript_id: ManuscriptId) -> dict[str, Any] | None:
         """The manuscript with chapters, or None."""
 
-    async def list_manuscripts(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Manuscripts without chapter contents, newest first."""
+    async def list_manuscripts(self, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
+        """Manuscripts without chapter contents, newest first, the first ``offset`` skipped."""
+
+    async def count_manuscripts(self) -> int:
+        """How many manuscripts are stored."""
 
     async def delete_manuscript(self, manuscript_id: ManuscriptId) -> bool:
         """Delete; True if it existed."""

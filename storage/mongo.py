@@ -250,14 +250,23 @@ class MongoStore:
         statuses: list[str] | None = None,
         manuscript_id: ManuscriptId | None = None,
         limit: int = 1000,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """Session documents, newest (``created_at``) first, optionally filtered."""
-        query: dict[str, Any] = {}
-        if statuses is not None:
-            query["status"] = {"$in": [str(s) for s in statuses]}
-        if manuscript_id is not None:
-            query["manuscript_id"] = manuscript_id
-        return await self._find(self._sessions, "list sessions", query, _NEWEST_FIRST, limit)
+        """Session documents, newest (``created_at``) first, optionally filtered; the
+        first ``offset`` matches are skipped by the database."""
+        query = _session_query(statuses, manuscript_id)
+        return await self._find(
+            self._sessions, "list sessions", query, _NEWEST_FIRST, limit, offset=offset
+        )
+
+    async def count_sessions(
+        self, *, statuses: list[str] | None = None, manuscript_id: ManuscriptId | None = None
+    ) -> int:
+        """How many session documents ``list_sessions`` with these filters could return."""
+        query = _session_query(statuses, manuscript_id)
+        return int(
+            await self._call("count sessions", lambda: self._sessions.count_documents(query))
+        )
 
     async def get_resumable_sessions(self) -> list[dict[str, Any]]:
         """Sessions with ``can_resume`` true, newest first."""
@@ -579,8 +588,9 @@ class MongoStore:
         )
         return _utc(doc) if doc is not None else None
 
-    async def list_manuscripts(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Manuscripts newest first; chapters keep their title and number, not ``content``."""
+    async def list_manuscripts(self, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
+        """Manuscripts newest first, the first ``offset`` skipped; chapters keep their
+        title and number, not ``content``."""
         return await self._find(
             self._manuscripts,
             "list manuscripts",
@@ -588,6 +598,13 @@ class MongoStore:
             _NEWEST_FIRST,
             limit,
             projection={"chapters.content": 0},
+            offset=offset,
+        )
+
+    async def count_manuscripts(self) -> int:
+        """How many manuscripts are stored."""
+        return int(
+            await self._call("count manuscripts", lambda: self._manuscripts.count_documents({}))
         )
 
     async def delete_manuscript(self, manuscript_id: ManuscriptId) -> bool:
@@ -627,11 +644,18 @@ class MongoStore:
         sort: list[tuple[str, int]],
         limit: int = 0,
         projection: dict[str, Any] | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         # .limit() rather than to_list(n): mongomock ignores n (FINDINGS).
         docs = await self._call(
             what,
-            lambda: coll.find(query, projection).sort(sort).limit(max(0, limit)).to_list(None),
+            lambda: (
+                coll.find(query, projection)
+                .sort(sort)
+                .skip(max(0, offset))
+                .limit(max(0, limit))
+                .to_list(None)
+            ),
         )
         return [_utc(doc) for doc in docs]
 
@@ -796,6 +820,17 @@ def _journaled_stage(batch: PersistBatch) -> str:
     if batch.images or batch.logs:
         return "records"
     return "sessions"
+
+
+def _session_query(
+    statuses: list[str] | None, manuscript_id: ManuscriptId | None
+) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if statuses is not None:
+        query["status"] = {"$in": [str(s) for s in statuses]}
+    if manuscript_id is not None:
+        query["manuscript_id"] = manuscript_id
+    return query
 
 
 def _new_session_document(document: dict[str, Any]) -> dict[str, Any]:

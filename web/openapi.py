@@ -77,6 +77,18 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/process/status/{manuscript_id}": {
         "get": _op("Active and last session of a manuscript", [_MID])
     },
+    "/api/sessions": {
+        "get": _op(
+            "Stored sessions, newest first, paged",
+            [
+                _query("status", "string"),
+                _query("manuscript_id", "string"),
+                _query("limit"),
+                _query("offset"),
+            ],
+            errors=("422", "503"),
+        )
+    },
     "/api/sessions/active": {"get": _op("Live sessions", errors=())},
     "/api/sessions/{session_id}": {
         "get": _op("Full session record", [_SID]),
@@ -89,7 +101,9 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/api/sessions/{session_id}/images": {"get": _op("Generated images", [_SID])},
     "/api/manuscripts": {
-        "get": _op("Manuscripts", errors=()),
+        "get": _op(
+            "Manuscripts, newest first, paged", [_query("limit"), _query("offset")], errors=("422",)
+        ),
         "post": _op(
             "Store a manuscript (JSON or multipart file)", body=True, errors=("400", "413", "422")
         ),

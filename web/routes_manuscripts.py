@@ -19,6 +19,7 @@ from storage import atomic
 from storage.files import FileStore
 from web.exports import EXPORT_NAME, export_document, render_html
 from web.keys import CONFIG_KEY, ENGINE_KEY
+from web.paging import page_of, paged
 from web.responses import json_object, reply, require_json
 from web.routes_processing import live_session_of
 from web.uploads import manuscript_from_upload, read_upload
@@ -80,27 +81,36 @@ def _without_contents(manuscript: Manuscript) -> dict[str, Any]:
 
 @routes.get("/api/manuscripts")
 async def list_manuscripts(request: web.Request) -> web.Response:
-    """Every manuscript, newest first (without chapter contents)."""
+    """Manuscripts newest first (without chapter contents), one page at a time
+    (``limit``, ``offset``); from the files when the database is down."""
     engine = request.app[ENGINE_KEY]
-    documents: list[dict[str, Any]] | None = None
+    page = page_of(request)
+    listed: tuple[list[dict[str, Any]], int] | None = None
     if engine.store is not None:
         try:
-            documents = await engine.store.list_manuscripts()
+            listed = (
+                await engine.store.list_manuscripts(limit=page.limit, offset=page.offset),
+                await engine.store.count_manuscripts(),
+            )
         except DatabaseUnavailableError:
-            documents = None
-    if documents is None:
-        documents = await asyncio.to_thread(_manuscript_files, engine.files.manuscripts_dir)
+            listed = None
+    if listed is None:
+        everything = await asyncio.to_thread(_manuscript_files, engine.files.manuscripts_dir)
+        listed = (everything[page.offset : page.offset + page.limit], len(everything))
+    documents, total = listed
     items = [_summary(d.get("manuscript_id") or d["_id"], d) for d in documents]
-    return reply({"success": True, "manuscripts": items, "count": len(items)})
+    return reply(paged(request, "manuscripts", items, page, total))
 
 
 def _manuscript_files(folder: Path) -> list[dict[str, Any]]:
+    """Every readable manuscript file, newest first (as the database lists them)."""
     found = []
     for path in sorted(folder.glob("*.json")):
         try:
             found.append(json.loads(path.read_text("utf-8")))
         except (OSError, ValueError):
             logger.warning("skipping unreadable manuscript file %s", path)
+    found.sort(key=lambda d: (str(d.get("created_at", "")), str(d.get("_id", ""))), reverse=True)
     return found
 
 

@@ -1,4 +1,5 @@
-"""Session routes: live list, status, full record, checkpoints, logs, images, delete."""
+"""Session routes: paged list, live list, status, full record, checkpoints, logs, images,
+delete."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from typing import Any
 
 from aiohttp import web
 
-from domain import SessionId, session_id
-from errors import ConflictError, DatabaseUnavailableError
+from domain import SessionId, SessionStatus, manuscript_id, session_id
+from errors import ConflictError, DatabaseUnavailableError, ValidationError
 from web.keys import DELETING_KEY, ENGINE_KEY
+from web.paging import page_of, paged
 from web.responses import query_int, reply
 from web.routes_processing import send_control
 from web.sessions import (
     detailed_status,
     find_session,
     session_images,
+    session_summary,
     status_message,
     stored_session,
     wait_until_stopped,
@@ -26,6 +29,39 @@ from web.sessions import (
 logger = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+
+@routes.get("/api/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    """Stored sessions, newest first, one page (``limit``, ``offset``) at a time, filtered
+    by ``status`` (one or more, comma-separated or repeated) and ``manuscript_id``."""
+    engine = request.app[ENGINE_KEY]
+    statuses = _status_filter(request)
+    raw_mid = request.query.get("manuscript_id")
+    mid = manuscript_id(raw_mid) if raw_mid else None
+    page = page_of(request)
+    if engine.store is None:
+        raise DatabaseUnavailableError("sessions are listed from the database, not configured")
+    documents = await engine.store.list_sessions(
+        statuses=statuses, manuscript_id=mid, limit=page.limit, offset=page.offset
+    )
+    total = await engine.store.count_sessions(statuses=statuses, manuscript_id=mid)
+    items = [session_summary(engine, d) for d in documents]
+    return reply(paged(request, "sessions", items, page, total))
+
+
+def _status_filter(request: web.Request) -> list[str] | None:
+    values = [v for raw in request.query.getall("status", []) for v in raw.split(",") if v]
+    if not values:
+        return None
+    known = [s.value for s in SessionStatus]
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ValidationError(
+            f"status must be one of {', '.join(known)}, not {unknown[0][:40]!r}",
+            details={"field": "status", "allowed": known},
+        )
+    return sorted(set(values))
 
 
 @routes.get("/api/sessions/active")

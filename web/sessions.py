@@ -82,6 +82,28 @@ def from_document(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def session_summary(engine: Engine, document: dict[str, Any]) -> dict[str, Any]:
+    """One line of the session list: a stored document, its live state if it runs."""
+    view = from_document(document)
+    live = engine.live_snapshot(SessionId(view["session_id"]))
+    if live is not None:
+        view = {**view, **{k: live[k] for k in ("status", "progress") if k in live}}
+    return {
+        "session_id": view["session_id"],
+        "manuscript_id": view["manuscript_id"],
+        "status": view["status"],
+        "progress": view["progress"],
+        "live": live is not None,
+        "total_chapters": view["total_chapters"],
+        "chapters_processed": view["chapters_processed"],
+        "images_generated": view["images_generated"],
+        "can_resume": bool(document.get("can_resume")),
+        "error_message": view["error_message"],
+        "created_at": _iso(document.get("created_at")),
+        "started_at": view["started_at"],
+    }
+
+
 def _iso(value: Any) -> Any:
     return value if value is None or isinstance(value, str) else isoformat(value)
 

@@ -168,6 +168,56 @@ async def test_list_sessions_filters_by_status_and_manuscript_newest_first(store
     assert [d["_id"] for d in mine] == [docs[1]["_id"]]
 
 
+ALL_DRIVERS = [("mongomock", None), ("secantus", "pymongo"), ("secantus", "motor")]
+"""(backend, driver) of the paging tests: the three drivers."""
+
+
+@pytest.mark.parametrize(("backend", "driver"), ALL_DRIVERS)
+async def test_list_manuscripts_pages_with_offset_and_counts_them(store_factory, backend, driver):
+    store = await store_factory(backend, driver=driver)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = [new_id() for _ in range(5)]
+    for n, mid in enumerate(ids):
+        await store.create_manuscript(
+            {"_id": mid, "title": f"M{n}", "chapters": [], "created_at": base + timedelta(n)}
+        )
+    pages = [await store.list_manuscripts(limit=2, offset=offset) for offset in (0, 2, 4, 6)]
+    assert [[m["_id"] for m in page] for page in pages] == [
+        [ids[4], ids[3]], [ids[2], ids[1]], [ids[0]], []
+    ]  # fmt: skip
+    assert await store.count_manuscripts() == 5
+
+
+@pytest.mark.parametrize(("backend", "driver"), ALL_DRIVERS)
+async def test_list_sessions_pages_with_offset_and_counts_the_matches(
+    store_factory, backend, driver
+):
+    store = await store_factory(backend, driver=driver)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    manuscript = new_id()
+    docs = [
+        session_doc(
+            status="completed" if n % 2 else "paused",
+            manuscript_id=manuscript if n < 5 else new_id(),
+            created_at=base + timedelta(n),
+        )
+        for n in range(7)
+    ]
+    for doc in docs:
+        await store.create_session(doc)
+    newest_first = [d["_id"] for d in reversed(docs)]
+
+    pages = [await store.list_sessions(limit=3, offset=offset) for offset in (0, 3, 6, 9)]
+    assert [[d["_id"] for d in page] for page in pages] == [
+        newest_first[:3], newest_first[3:6], newest_first[6:], []
+    ]  # fmt: skip
+    assert await store.count_sessions() == 7
+    mine = await store.list_sessions(manuscript_id=manuscript, statuses=["paused"], offset=1)
+    assert [d["_id"] for d in mine] == [docs[2]["_id"], docs[0]["_id"]]
+    assert await store.count_sessions(manuscript_id=manuscript, statuses=["paused"]) == 3
+    assert await store.count_sessions(statuses=["running"]) == 0
+
+
 async def test_resumable_sessions_are_those_with_can_resume_newest_first(store):
     base = datetime(2026, 1, 1, tzinfo=UTC)
     old = session_doc(can_resume=True, status="paused", created_at=base)
