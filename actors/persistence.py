@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -49,8 +47,10 @@ from actors.messages import (
     RetryBacklog,
 )
 from actors.persistence_stats import LATENCY_BUCKETS_MS, PersistenceStats
+from actors.quarantine import Quarantine
 from actors.reply import tell_quietly
 from actors.summaries import LEAVING_STATUSES, Summary, SummarySchedule
+from actors.writer_backlog import BacklogWriter, DatabaseWork
 from config import PersistenceConfig
 from domain import FORMAT_VERSION
 from errors import DatabaseUnavailableError, StorageError, ValidationError
@@ -65,18 +65,7 @@ SUMMARY_IDLE_SECONDS = 0.5
 """The summary timer writes due summaries itself only after this long without a batch."""
 
 
-@dataclass
-class _DatabaseWork:
-    """The database part of one committed batch."""
-
-    batch: PersistBatch
-    prune: dict[str, int]
-
-    def __len__(self) -> int:
-        return len(self.batch)
-
-
-class PersistenceActor(pykka.ThreadingActor):
+class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
     """Writes files and the database in batches, then acknowledges the senders."""
 
     def __init__(
@@ -97,7 +86,8 @@ class PersistenceActor(pykka.ThreadingActor):
         self._keeper: LeaseKeeper | None = None
         self.stats = PersistenceStats()
         self._pending: list[CheckpointReached | EventsEmitted] = []
-        self._backlog: deque[_DatabaseWork] = deque()
+        self._backlog: deque[DatabaseWork] = deque()
+        self._quarantine = Quarantine(files.root, fsync=files.fsync)
         self._probe: threading.Thread | None = None
         self._stopping = threading.Event()
         self._log_counts: dict[str, int] = {}
@@ -277,7 +267,7 @@ class PersistenceActor(pykka.ThreadingActor):
 
     def _queue_database(self, messages: list[CheckpointReached | EventsEmitted]) -> list[Summary]:
         """Queue the batch's database work; return the session summaries due with it."""
-        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
+        work = DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         for message in messages:
             sid = message.session_id if isinstance(message, CheckpointReached) else None
             if sid is None and isinstance(message, EventsEmitted) and message.entries:
@@ -305,7 +295,7 @@ class PersistenceActor(pykka.ThreadingActor):
 
     # -- session summaries (write-behind, actors.summaries) -------------------------------
 
-    def _add_summaries(self, work: _DatabaseWork, summaries: list[Summary]) -> None:
+    def _add_summaries(self, work: DatabaseWork, summaries: list[Summary]) -> None:
         """Put released summaries into ``work``, with the lease epoch each relies on."""
         for summary in summaries:
             sid = summary.session_id
@@ -324,7 +314,7 @@ class PersistenceActor(pykka.ThreadingActor):
         """Write released summaries outside a batch (timer, flush, shutdown)."""
         if not summaries:
             return
-        work = _DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
+        work = DatabaseWork(batch=PersistBatch(summary_checkpoints=[]), prune={})
         self._add_summaries(work, summaries)
         files = {sm.session_id: sm.session_file for sm in summaries if sm.session_file}
         self._write_files([], files)
@@ -349,13 +339,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if self._backlog and (force or not self.stats.breaker_open):
             self._drain_backlog()
 
-    def _enqueue(self, work: _DatabaseWork) -> None:
-        """Queue database work; the stats show it at once (also while the breaker is open)."""
-        self._backlog.append(work)
-        self.stats.backlog_batches = len(self._backlog)
-        self.stats.backlog_records += len(work)
-
-    def _add_events(self, work: _DatabaseWork, entries: tuple[Any, ...], keep: int) -> None:
+    def _add_events(self, work: DatabaseWork, entries: tuple[Any, ...], keep: int) -> None:
         if not entries:
             return
         work.batch.logs.extend(entries)
@@ -373,45 +357,6 @@ class PersistenceActor(pykka.ThreadingActor):
             asyncio.to_thread(self._write_files, checkpoints, session_files), self._drain_async()
         )
         return error
-
-    def _drain_backlog(self) -> None:
-        """Write queued database work in order; stop at the first failure."""
-        if self._store is not None and self._loop is not None:
-            self._loop.run_until_complete(self._drain_async())
-
-    async def _drain_async(self) -> None:
-        if self._store is None:
-            return
-        while self._backlog:
-            work = self._backlog[0]
-            try:
-                await self._fence(work)
-                await self._write_database(work)
-            except DatabaseUnavailableError as exc:
-                self._open_breaker(exc)
-                break
-            except Exception:  # noqa: BLE001 - an unexpected database error must not kill the writer
-                logger.exception("database batch failed; keeping it in the backlog")
-                self._open_breaker(None)
-                break
-            self._backlog.popleft()
-            self.stats.db_batches += 1
-            if self.stats.breaker_open:
-                logger.info(
-                    "database reachable again; backlog draining (%d batches left)",
-                    len(self._backlog),
-                )
-            self.stats.breaker_open = False
-        self.stats.backlog_batches = len(self._backlog)
-        self.stats.backlog_records = sum(len(w) for w in self._backlog)
-
-    async def _write_database(self, work: _DatabaseWork) -> None:
-        assert self._store is not None
-        fenced = await self._store.write_batch(work.batch, self.settings.embedded_checkpoints)
-        for session_id in fenced:
-            self._lose_lease(session_id)
-        for session_id, keep in work.prune.items():
-            await self._store.prune_logs(session_id, keep)  # type: ignore[arg-type]
 
     # -- leases (storage.leases) -----------------------------------------------------------
 
@@ -496,7 +441,7 @@ class PersistenceActor(pykka.ThreadingActor):
         except DatabaseUnavailableError as exc:
             self._open_breaker(exc)
 
-    async def _fence(self, work: _DatabaseWork) -> None:
+    async def _fence(self, work: DatabaseWork) -> None:
         """Before writing, make sure we still hold the leases we could not renew in time."""
         if self.lease_settings is None or not self._leases:
             return
@@ -530,35 +475,6 @@ class PersistenceActor(pykka.ThreadingActor):
         if lease is not None and lease.reply_to is not None:
             tell_quietly(lease.reply_to, LeaseLost(session_id))  # type: ignore[arg-type]
 
-    def _open_breaker(self, exc: Exception | None) -> None:
-        self.stats.db_failures += 1
-        if not self.stats.breaker_open:
-            logger.warning("database unavailable (%s); files stay the durable record", exc)
-        self.stats.breaker_open = True
-        if self._probe is None or not self._probe.is_alive():
-            # Half-open probing runs on its own thread with its own client, so a dead
-            # database (each attempt waits out serverSelectionTimeoutMS) never stalls the
-            # acknowledgements; only a successful ping brings the backlog back here.
-            self._probe = threading.Thread(
-                target=self._probe_database, name="database-probe", daemon=True
-            )
-            self._probe.start()
-
-    def _probe_database(self) -> None:
-        """Wait until a database server accepts connections again, then retry the backlog.
-
-        A TCP connect to the URI's servers, not a driver client: a throwaway async client
-        whose monitor is cancelled mid-connect leaks its socket. A false positive costs
-        one write attempt, after which the breaker opens again.
-        """
-        seeds = tuple(getattr(self._store, "seeds", ()))
-        delay = 0.05
-        while not self._stopping.wait(delay):
-            if not seeds or any(_accepts_connections(host, port) for host, port in seeds):
-                tell_quietly(self.actor_ref, RetryBacklog())
-                return
-            delay = min(2.0, delay * 2)
-
 
 def _drop_sessions(batch: PersistBatch, sessions: set[str]) -> None:
     """Remove the records of ``sessions`` from ``batch`` (fenced writers)."""
@@ -571,19 +487,6 @@ def _drop_sessions(batch: PersistBatch, sessions: set[str]) -> None:
         ]
     for sid in sessions:
         batch.session_updates.pop(sid, None)
-
-
-def _accepts_connections(host: str, port: int) -> bool:
-    try:
-        if host.startswith("/"):  # a unix socket (the embedded database listens on one)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
-                unix.settimeout(0.5)
-                unix.connect(host)
-            return True
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 __all__ = [

@@ -25,6 +25,8 @@ class PersistenceStats:
     breaker_open: bool = False
     leases: int = 0
     fenced_sessions: int = 0
+    quarantined: int = 0
+    """Records the database refused, set aside in sessions/quarantine/ (actors.quarantine)."""
     largest_batch: int = 0
     ack_latency_counts: list[int] = field(
         default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1)
@@ -57,6 +59,7 @@ class PersistenceStats:
             "breaker_open": self.breaker_open,
             "leases": self.leases,
             "fenced_sessions": self.fenced_sessions,
+            "quarantined": self.quarantined,
             "largest_batch": self.largest_batch,
             "ack_latency_buckets_ms": list(LATENCY_BUCKETS_MS),
             "ack_latency_counts": list(self.ack_latency_counts),
