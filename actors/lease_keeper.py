@@ -21,7 +21,7 @@ import pykka
 
 from actors.messages import LeasesRenewed
 from actors.reply import tell_quietly
-from storage.base import SessionStore
+from storage.base import LeaseStore
 from storage.database import resolve_store
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class LeaseKeeper:
     def __init__(
         self,
         actor: pykka.ActorRef[Any],
-        store_factory: Callable[[], SessionStore],
+        store_factory: Callable[[], LeaseStore],
         settings: LeaseSettings,
     ) -> None:
         self._actor = actor
@@ -84,7 +84,7 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
-        store: SessionStore | None = None
+        store: LeaseStore | None = None
         try:
             store = loop.run_until_complete(resolve_store(self._store_factory()))
             while (epochs := self._requests.get()) is not None:

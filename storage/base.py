@@ -1,4 +1,9 @@
-"""The storage Protocol every database implementation fulfils (and the contract tests check)."""
+"""The storage Protocols: what each consumer needs of the database, and ``SessionStore``,
+all of them, which every implementation fulfils (and the contract tests check).
+
+Each consumer names the smallest protocol it uses: the lease keeper ``LeaseStore``,
+verify and the operator commands ``SessionRecords``, the single writer ``BatchStore``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,8 @@ from storage.leases import LeaseOutcome
 from storage.records import Checkpoint, ImageRecord, LogEntry, PersistBatch
 
 
-class SessionStore(Protocol):
-    """Async database of sessions, checkpoints, logs, images and manuscripts.
-
-    Every write is idempotent: writing the same checkpoint, log entry or image record
-    twice leaves one copy and raises nothing, so callers may retry freely.
-    """
+class DatabaseHandle(Protocol):
+    """Opening, probing and closing the database."""
 
     async def ensure_indexes(self) -> None:
         """Create the collections' indexes (idempotent; called at start-up)."""
@@ -25,7 +26,44 @@ class SessionStore(Protocol):
     async def close(self) -> None:
         """Release the client."""
 
-    # sessions
+
+class BatchStore(DatabaseHandle, Protocol):
+    """The single writer's group commit.
+
+    Every write is idempotent: writing the same checkpoint, log entry or image record
+    twice leaves one copy and raises nothing, so callers may retry freely.
+    """
+
+    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> set[str]:
+        """One group commit: checkpoints, session updates, logs and images, idempotently.
+
+        Returns the sessions whose writer was fenced (a newer lease epoch wrote first)."""
+
+
+class LeaseStore(DatabaseHandle, Protocol):
+    """Session ownership between instances (rules in ``storage.leases``)."""
+
+    async def acquire_leases(
+        self,
+        session_ids: list[str],
+        owner: str,
+        ttl_seconds: float,
+        known: dict[str, dict[str, Any]] | None = None,
+    ) -> LeaseOutcome:
+        """Take the leases that are free, ours, expired or held by a dead local process."""
+
+    async def renew_leases(
+        self, epochs: dict[str, int], owner: str, ttl_seconds: float
+    ) -> set[str]:
+        """Extend our leases; returns the sessions whose lease we lost."""
+
+    async def check_leases(self, epochs: dict[str, int], owner: str) -> set[str]:
+        """The sessions whose lease (owner and epoch) is no longer ours."""
+
+
+class SessionRecords(Protocol):
+    """Sessions and their checkpoints, logs and image records."""
+
     async def create_session(self, document: dict[str, Any]) -> None:
         """Insert a ProcessingSession document (``_id`` = session id); a retry is a no-op."""
 
@@ -70,30 +108,6 @@ class SessionStore(Protocol):
     async def delete_session(self, session_id: SessionId) -> None:
         """Delete a session with its checkpoints, logs and image records."""
 
-    # checkpoints, logs, images
-    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> set[str]:
-        """One group commit: checkpoints, session updates, logs and images, idempotently.
-
-        Returns the sessions whose writer was fenced (a newer lease epoch wrote first)."""
-
-    # leases (storage.leases)
-    async def acquire_leases(
-        self,
-        session_ids: list[str],
-        owner: str,
-        ttl_seconds: float,
-        known: dict[str, dict[str, Any]] | None = None,
-    ) -> LeaseOutcome:
-        """Take the leases that are free, ours, expired or held by a dead local process."""
-
-    async def renew_leases(
-        self, epochs: dict[str, int], owner: str, ttl_seconds: float
-    ) -> set[str]:
-        """Extend our leases; returns the sessions whose lease we lost."""
-
-    async def check_leases(self, epochs: dict[str, int], owner: str) -> set[str]:
-        """The sessions whose lease (owner and epoch) is no longer ours."""
-
     async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:
         """Store checkpoints and embed their compact forms (at most ``embedded_keep`` kept)."""
 
@@ -120,7 +134,10 @@ class SessionStore(Protocol):
     async def prune_logs(self, session_id: SessionId, keep: int) -> None:
         """Delete all but the newest ``keep`` entries of a session."""
 
-    # manuscripts
+
+class ManuscriptRecords(Protocol):
+    """Manuscripts with their chapters."""
+
     async def create_manuscript(self, document: dict[str, Any]) -> None:
         """Insert a manuscript document (``_id`` = manuscript id) with its chapters."""
 
@@ -135,3 +152,8 @@ class SessionStore(Protocol):
 
     async def delete_manuscript(self, manuscript_id: ManuscriptId) -> bool:
         """Delete; True if it existed."""
+
+
+class SessionStore(BatchStore, LeaseStore, SessionRecords, ManuscriptRecords, Protocol):
+    """Async database of sessions, checkpoints, logs, images and manuscripts: every
+    protocol above (``storage.mongo.MongoStore`` over three drivers)."""

@@ -1,91 +1,40 @@
 """The MongoDB implementation of SessionStore: one async code path for three drivers.
 
-The drivers are PyMongo's ``AsyncMongoClient`` (default), Motor and mongomock-motor (unit
-tests). The code below uses only the API all three share (FINDINGS.md): no ``aggregate()``,
-``watch()``, ``with_options()`` or transactions, ``cursor.limit(n)`` instead of
-``to_list(n)``, and ``close()`` awaited only when it returns an awaitable.
-
-Idempotency, so that callers (the PersistenceActor) may retry any write:
-
-- checkpoints, logs and images have deterministic ``_id`` keys and go in with
-  ``insert_many(ordered=False)``; duplicate-key errors (code 11000) are retries, not errors;
-- the session document gets each session's compact checkpoints with one guarded update,
-  ``{_id: sid, last_sequence_number < first sequence of the batch}`` ->
-  ``$push {$each, $slice: -embedded_keep}``, ``$max`` of the sequence and the batch's ``$set``
-  fields. If a guarded update matches nothing (a retry of an applied batch, or a missing
-  session document), a second, unguarded ``$set`` of those fields follows: the fields land
-  even on a retry, and the compact checkpoints are never pushed twice.
-
-Durability of a batch (``write_batch``): its writes go unjournaled (``w: 1, j: false``)
-except the last, which is journaled: the checkpoints' insert, or, when session documents
-are updated, an ``$inc`` of a mark document after them. The journal is one sequential log:
-a journaled write returns once the journal is on disk up to it, hence with every write
-acknowledged before it (WiredTiger writes log records in order; MongoDB's ``j: true`` has
-the same meaning). The batch is as durable as if every write had been journaled, for one
-journal sync instead of one per update: SecantusDB commits every update of a
-``bulk_write`` as its own transaction, and with ``j: true`` syncs each one.
-tests/storage/test_group_commit.py kills the database right after batches and finds them.
-
-Transient connection errors are retried with a short backoff and then surface as
-DatabaseUnavailableError; any other driver error surfaces as StorageError.
+``MongoStore`` is assembled from one module per concept: the client, its collections and
+retries (``storage.mongo_client``), the batch writes of the single writer
+(``storage.mongo_batches``), the leases (``storage.mongo_leases``), and here the queries
+and single-record writes the API, recovery and operator commands use.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, UpdateOne, WriteConcern
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, DESCENDING
 
 from domain import ManuscriptId, SessionId, utcnow
-from errors import DatabaseUnavailableError, StorageError
-from storage.leases import (
-    LeaseHolder,
-    LeaseOutcome,
-    chunks,
-    is_dead_local_owner,
-    lease_deadline,
-    takeable,
+from storage.leases import chunks
+from storage.mongo_batches import BatchWrites
+from storage.mongo_client import (
+    COMMIT_MARKS,
+    DRIVERS,
+    INDEXES,
+    NEWEST_FIRST,
+    as_utc,
+    new_session_document,
+    settable,
 )
-from storage.records import Checkpoint, ImageRecord, LogEntry, PersistBatch
+from storage.mongo_leases import LeaseQueries
+from storage.records import Checkpoint, ImageRecord, LogEntry
+
+__all__ = ["COMMIT_MARKS", "DRIVERS", "INDEXES", "MongoStore", "open_store"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-DRIVERS = ("pymongo", "motor", "mongomock")
-DUPLICATE_KEY = 11000
-MANAGED_SESSION_FIELDS = frozenset({"_id", "checkpoints", "last_sequence_number", "epoch"})
-"""Session fields only the store writes; they are dropped from caller ``$set`` updates."""
-_UNJOURNALED = WriteConcern(w=1, j=False)
-"""The write concern of a batch's writes before its journaled mark (see the module doc)."""
-COMMIT_MARKS = "commit_marks"
-"""Collection of the one document whose journaled ``$inc`` ends every batch."""
 _EVENT_SEQ_CHUNK = 32
 """Sessions per query of :meth:`MongoStore.last_event_seqs`."""
-_BULK_PROBE_ID = "\x00bulk-write-probe"
-"""A session ``_id`` no real session has: the probe's update matches nothing."""
-
-INDEXES: list[tuple[str, str, tuple[str, ...], bool]] = [
-    ("sessions", "status_can_resume", ("status", "can_resume"), False),
-    ("sessions", "manuscript_id", ("manuscript_id",), False),
-    ("sessions", "external_session_id", ("external_session_id",), False),
-    ("checkpoints", "session_sequence_unique", ("session_id", "sequence_number"), True),
-    ("logs", "session_event_seq", ("session_id", "event_seq"), False),
-    ("images", "session_generation_order", ("session_id", "generation_order"), False),
-]
-"""(collection, index name, ascending fields, unique) of every index we create."""
-
-_NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
-
-_Update = tuple[dict[str, Any], dict[str, Any]]
-"""One session update: (filter, update document)."""
 
 
 def open_store(
@@ -102,7 +51,7 @@ def open_store(
     store.ping()`` or ``await store.ensure_indexes()`` to find out whether the database
     answers. Writes use ``w=1, j=true`` whatever the URI says (acknowledged work must survive
     a crash). ``retryWrites`` comes from the URI: the embedded SecantusDB's URI carries
-    ``retryWrites=false`` (FINDINGS: its writes slow down otherwise); our own retries are
+    ``retryWrites=false`` (its writes slow down otherwise); our own retries are
     safe because every write is idempotent. ``uri`` is ignored by the mongomock driver.
 
     Raises:
@@ -139,100 +88,20 @@ def open_store(
     return store
 
 
-class MongoStore:
+class MongoStore(BatchWrites, LeaseQueries):
     """SessionStore over a MongoDB database (collections ``sessions``, ``checkpoints``,
-    ``logs``, ``images``, ``manuscripts``).
-
-    Args:
-        client: an AsyncMongoClient, AsyncIOMotorClient or AsyncMongoMockClient (owned: closed
-            by :meth:`close`).
-        database: database name.
-        retry_attempts: attempts per operation on connection errors; the worst-case stall
-            before DatabaseUnavailableError is about ``retry_attempts`` x the client's
-            server selection timeout.
-        retry_backoff_s: first pause between attempts (doubles each time).
-        max_concurrency: operations in flight at once (FINDINGS: PyMongo async starves
-            tasks beyond its pool of 100).
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        database: str,
-        *,
-        retry_attempts: int = 3,
-        retry_backoff_s: float = 0.05,
-        max_concurrency: int = 64,
-    ) -> None:
-        self._client = client
-        self._db = client[database]
-        self.database_name = database
-        self.seeds: tuple[tuple[str, int], ...] = ()
-        """(host, port) of the servers in the URI, (path, 0) for a unix socket; empty for
-        the in-memory driver."""
-        self._sessions = self._db["sessions"]
-        self._checkpoints = self._db["checkpoints"]
-        self._logs = self._db["logs"]
-        self._images = self._db["images"]
-        self._manuscripts = self._db["manuscripts"]
-        self._marks = self._db[COMMIT_MARKS]
-        # The batch's own handles: unjournaled, made durable by the mark (write_batch).
-        unjournaled = partial(self._db.get_collection, write_concern=_UNJOURNALED)
-        self._batch_sessions = unjournaled("sessions")
-        self._batch_checkpoints = unjournaled("checkpoints")
-        self._batch_logs = unjournaled("logs")
-        self._batch_images = unjournaled("images")
-        self._attempts = max(1, retry_attempts)
-        self._backoff_s = retry_backoff_s
-        self._gate = asyncio.Semaphore(max_concurrency)
-        self._bulk_updates: bool | None = None
-
-    @property
-    def bulk_session_updates(self) -> bool | None:
-        """Whether this driver runs ``bulk_write`` of UpdateOne (None until first probed)."""
-        return self._bulk_updates
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    async def ensure_indexes(self) -> None:
-        """Create every index of :data:`INDEXES` (idempotent)."""
-        for collection, name, fields, unique in INDEXES:
-            keys = [(field, ASCENDING) for field in fields]
-            coll = self._db[collection]
-            await self._call(
-                f"create index {collection}.{name}",
-                partial(coll.create_index, keys, name=name, unique=unique),
-            )
-
-    async def ping(self) -> None:
-        """Raise DatabaseUnavailableError unless the server answers (one attempt)."""
-        try:
-            await self._client.admin.command("ping")
-        except PyMongoError as exc:
-            raise DatabaseUnavailableError(
-                f"database does not answer: {exc}", details={"operation": "ping"}
-            ) from exc
-
-    async def close(self) -> None:
-        """Close the client (a coroutine in PyMongo async, a plain call in the others)."""
-        result = self._client.close()
-        if inspect.isawaitable(result):
-            await result
-
-    async def drop_database(self) -> None:
-        """Drop the whole database (tests and benchmarks only)."""
-        await self._call("drop database", lambda: self._client.drop_database(self.database_name))
+    ``logs``, ``images``, ``manuscripts``); its constructor is ``MongoDatabase``'s."""
 
     # -- sessions ----------------------------------------------------------------------
 
     async def create_session(self, document: dict[str, Any]) -> None:
         """Insert a session document; a retry (same ``_id``) is a no-op, the first one wins."""
-        doc = _new_session_document(document)
+        doc = new_session_document(document)
         await self._call("create session", lambda: self._insert_one_idempotent(self._sessions, doc))
 
     async def update_session(self, session_id: SessionId, fields: dict[str, Any]) -> None:
         """``$set`` fields (store-managed fields such as ``checkpoints`` are ignored)."""
-        fields = _settable(fields)
+        fields = settable(fields)
         if fields:
             await self._call(
                 "update session",
@@ -242,7 +111,7 @@ class MongoStore:
     async def get_session(self, session_id: SessionId) -> dict[str, Any] | None:
         """The session document, or None."""
         doc = await self._call("get session", lambda: self._sessions.find_one({"_id": session_id}))
-        return _utc(doc) if doc is not None else None
+        return as_utc(doc) if doc is not None else None
 
     async def list_sessions(
         self,
@@ -256,7 +125,7 @@ class MongoStore:
         first ``offset`` matches are skipped by the database."""
         query = _session_query(statuses, manuscript_id)
         return await self._find(
-            self._sessions, "list sessions", query, _NEWEST_FIRST, limit, offset=offset
+            self._sessions, "list sessions", query, NEWEST_FIRST, limit, offset=offset
         )
 
     async def count_sessions(
@@ -271,7 +140,7 @@ class MongoStore:
     async def get_resumable_sessions(self) -> list[dict[str, Any]]:
         """Sessions with ``can_resume`` true, newest first."""
         return await self._find(
-            self._sessions, "list resumable sessions", {"can_resume": True}, _NEWEST_FIRST
+            self._sessions, "list resumable sessions", {"can_resume": True}, NEWEST_FIRST
         )
 
     async def get_session_for_resume(
@@ -321,171 +190,7 @@ class MongoStore:
             )
         await self._call("delete session", lambda: self._sessions.delete_one({"_id": session_id}))
 
-    # -- leases (storage.leases) ---------------------------------------------------------
-
-    async def acquire_leases(
-        self,
-        session_ids: list[str],
-        owner: str,
-        ttl_seconds: float,
-        known: dict[str, dict[str, Any]] | None = None,
-    ) -> LeaseOutcome:
-        """Take the leases of ``session_ids`` that are free, ours, expired or dead-owned.
-
-        Per 32 sessions: at most two ``update_many`` that raise the epoch, each filtered on
-        the holder it saw (an owner we may replace, or an expired ``lease_until``), so of
-        two instances racing for a session exactly one matches; then one read tells which
-        we got. ``known`` passes session documents already read (e.g. by recovery).
-        """
-        outcome = LeaseOutcome(granted={}, refused={}, missing=[])
-        for chunk in chunks(list(dict.fromkeys(session_ids))):
-            now = utcnow()
-            if known is not None and all(sid in known for sid in chunk):
-                docs = {sid: known[sid] for sid in chunk}
-            else:
-                docs = await self._lease_documents(chunk)
-            replaceable: set[Any] = {None, "", owner}
-            by_owner: list[str] = []
-            expired: list[str] = []
-            before: dict[str, int] = {}
-            for sid in chunk:
-                doc = docs.get(sid)
-                if doc is None:
-                    outcome.missing.append(sid)
-                elif not takeable(doc, owner, now):
-                    outcome.refused[sid] = _holder(doc)
-                else:
-                    before[sid] = int(doc.get("epoch") or 0)
-                    holder = doc.get("owner")
-                    if holder in replaceable or is_dead_local_owner(str(holder)):
-                        replaceable.add(holder)
-                        by_owner.append(sid)
-                    else:
-                        expired.append(sid)
-            take = {
-                "$set": {"owner": owner, "lease_until": lease_deadline(ttl_seconds, now)},
-                "$inc": {"epoch": 1},
-            }
-            for ids, guard in (
-                (by_owner, {"owner": {"$in": sorted(replaceable, key=str)}}),
-                (expired, {"lease_until": {"$lt": now}}),
-            ):
-                if ids:
-                    await self._call(
-                        "acquire leases",
-                        partial(self._sessions.update_many, {"_id": {"$in": ids}, **guard}, take),
-                    )
-            if not before:
-                continue
-            after = await self._lease_documents(list(before))
-            for sid, epoch in before.items():
-                doc = after.get(sid) or {}
-                if doc.get("owner") == owner and int(doc.get("epoch") or 0) > epoch:
-                    outcome.granted[sid] = int(doc["epoch"])
-                else:  # another instance won the race
-                    outcome.refused[sid] = _holder(doc, sid)
-        return outcome
-
-    async def renew_leases(
-        self, epochs: dict[str, int], owner: str, ttl_seconds: float
-    ) -> set[str]:
-        """Extend our leases; returns the sessions whose lease we no longer hold."""
-        lost: set[str] = set()
-        for chunk in chunks(list(epochs)):
-            until = lease_deadline(ttl_seconds)
-            await self._call(
-                "renew leases",
-                partial(
-                    self._sessions.update_many,
-                    {"_id": {"$in": chunk}, "owner": owner},
-                    {"$set": {"lease_until": until}},
-                ),
-            )
-            lost |= await self._lost_leases({sid: epochs[sid] for sid in chunk}, owner)
-        return lost
-
-    async def check_leases(self, epochs: dict[str, int], owner: str) -> set[str]:
-        """The sessions of ``epochs`` whose lease (owner and epoch) is no longer ours."""
-        lost: set[str] = set()
-        for chunk in chunks(list(epochs)):
-            lost |= await self._lost_leases({sid: epochs[sid] for sid in chunk}, owner)
-        return lost
-
-    async def _lost_leases(self, epochs: dict[str, int], owner: str) -> set[str]:
-        docs = await self._lease_documents(list(epochs))
-        return {
-            sid
-            for sid, epoch in epochs.items()
-            if sid in docs and (docs[sid].get("owner") != owner or docs[sid].get("epoch") != epoch)
-        }
-
-    async def _lease_documents(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        docs = await self._find(
-            self._sessions,
-            "read leases",
-            {"_id": {"$in": ids}},
-            [("_id", ASCENDING)],
-            projection={"owner": 1, "lease_until": 1, "epoch": 1},
-        )
-        return {doc["_id"]: doc for doc in docs}
-
     # -- checkpoints, logs, images -----------------------------------------------------
-
-    async def write_batch(self, batch: PersistBatch, embedded_keep: int) -> set[str]:
-        """One group commit; every part is idempotent, so the whole batch may be retried.
-
-        Returns the sessions whose checkpoints were refused because a newer lease epoch
-        already wrote them (the writer was fenced; see storage.leases).
-
-        Order: image records and logs, then checkpoints, then session documents, so that
-        whatever a crash cuts off, a stored record never names one that is not stored yet:
-        a stored IMAGES_GENERATING checkpoint implies its image record (reconciliation
-        copies only missing checkpoints, with their images), and a session document never
-        names a checkpoint or counter whose records are missing.
-        """
-        # The last stage that writes goes journaled (see the module doc), unless it is the
-        # session updates: SecantusDB syncs every update of a journaled bulk_write on its
-        # own, so a journaled mark follows them instead.
-        journaled = _journaled_stage(batch)
-        if batch.new_sessions:
-            documents = [_new_session_document(d) for d in batch.new_sessions]
-            coll = self._sessions if journaled == "sessions" else self._batch_sessions
-            await self._call(
-                "create sessions", lambda: self._insert_many_idempotent(coll, documents)
-            )
-        # Image records and logs name nothing stored after them: both at once (one round
-        # trip saved per batch), then the checkpoints naming them.
-        last = journaled == "records"
-        outcomes = await asyncio.gather(
-            self._insert_all(
-                self._images if last else self._batch_images, "store images", batch.images
-            ),
-            self._insert_all(self._logs if last else self._batch_logs, "store logs", batch.logs),
-            return_exceptions=True,
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        fenced = await self._insert_checkpoints(
-            batch.checkpoints,
-            self._checkpoints if journaled == "checkpoints" else self._batch_checkpoints,
-        )
-        if journaled == "mark":
-            await self._update_sessions(batch, max(0, embedded_keep), self._batch_sessions)
-            await self._sync_journal()
-        return fenced
-
-    async def _sync_journal(self) -> None:
-        """One journaled write after a batch's unjournaled ones: the journal is on disk up
-        to here when it returns, so every write before it is durable too."""
-        await self._call(
-            "sync journal",
-            partial(self._marks.update_one, {"_id": "batch"}, {"$inc": {"n": 1}}, upsert=True),
-        )
-
-    async def append_checkpoints(self, checkpoints: list[Checkpoint], embedded_keep: int) -> None:
-        """Store checkpoints and embed their compact forms (the latest ``embedded_keep``)."""
-        await self.write_batch(PersistBatch(checkpoints=list(checkpoints)), embedded_keep)
 
     async def list_checkpoints(self, session_id: SessionId, after: int = 0) -> list[Checkpoint]:
         """Checkpoints with sequence number greater than ``after``, in order."""
@@ -586,7 +291,7 @@ class MongoStore:
         doc = await self._call(
             "get manuscript", lambda: self._manuscripts.find_one({"_id": manuscript_id})
         )
-        return _utc(doc) if doc is not None else None
+        return as_utc(doc) if doc is not None else None
 
     async def list_manuscripts(self, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
         """Manuscripts newest first, the first ``offset`` skipped; chapters keep their
@@ -595,7 +300,7 @@ class MongoStore:
             self._manuscripts,
             "list manuscripts",
             {},
-            _NEWEST_FIRST,
+            NEWEST_FIRST,
             limit,
             projection={"chapters.content": 0},
             offset=offset,
@@ -614,213 +319,6 @@ class MongoStore:
         )
         return bool(result.deleted_count)
 
-    # -- helpers -----------------------------------------------------------------------
-
-    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation``, retrying connection errors; wrap driver errors in ours."""
-        delay = self._backoff_s
-        for attempt in range(1, self._attempts + 1):
-            try:
-                async with self._gate:
-                    return await operation()
-            except ConnectionFailure as exc:
-                if attempt == self._attempts:
-                    raise DatabaseUnavailableError(
-                        f"database unavailable ({what}): {exc}",
-                        details={"operation": what, "attempts": attempt},
-                    ) from exc
-                logger.warning("%s: %s; retry %d in %.0f ms", what, exc, attempt, delay * 1000)
-                await asyncio.sleep(delay)
-                delay *= 2
-            except PyMongoError as exc:
-                raise StorageError(f"{what} failed: {exc}", details={"operation": what}) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _find(
-        self,
-        coll: Any,
-        what: str,
-        query: dict[str, Any],
-        sort: list[tuple[str, int]],
-        limit: int = 0,
-        projection: dict[str, Any] | None = None,
-        offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        # .limit() rather than to_list(n): mongomock ignores n (FINDINGS).
-        docs = await self._call(
-            what,
-            lambda: (
-                coll.find(query, projection)
-                .sort(sort)
-                .skip(max(0, offset))
-                .limit(max(0, limit))
-                .to_list(None)
-            ),
-        )
-        return [_utc(doc) for doc in docs]
-
-    async def _insert_all(
-        self, coll: Any, what: str, records: Iterable[Checkpoint | LogEntry | ImageRecord]
-    ) -> None:
-        docs = [record.to_document() for record in records]
-        if docs:
-            await self._call(what, lambda: self._insert_many_idempotent(coll, docs))
-
-    async def _insert_checkpoints(self, checkpoints: list[Checkpoint], coll: Any) -> set[str]:
-        """Insert checkpoints; settle the ones already stored by their lease epoch.
-
-        Same epoch: a retry, nothing to do. Older stored epoch: a fenced writer's
-        leftover at a sequence the new owner has now reached, replaced by ours. Newer
-        stored epoch: we are the fenced writer; our checkpoint is dropped and its
-        session returned.
-        """
-        if not checkpoints:
-            return set()
-        docs = [cp.to_document() for cp in checkpoints]
-        duplicates = await self._call(
-            "store checkpoints", lambda: self._insert_many_idempotent(coll, docs)
-        )
-        fenced: set[str] = set()
-        if not duplicates:
-            return fenced
-        ours = {docs[i]["_id"]: docs[i] for i in duplicates}
-        stored: dict[str, dict[str, Any]] = {}
-        for chunk in chunks(list(ours)):
-            found = await self._find(
-                self._checkpoints,
-                "read stored checkpoints",
-                {"_id": {"$in": chunk}},
-                [("_id", ASCENDING)],
-                projection={"epoch": 1, "session_id": 1},
-            )
-            stored.update((doc["_id"], doc) for doc in found)
-        for key, doc in ours.items():
-            old = int((stored.get(key) or {}).get("epoch") or 0)
-            if old > int(doc.get("epoch") or 0):
-                fenced.add(doc["session_id"])
-            elif old < int(doc.get("epoch") or 0):
-                logger.warning(
-                    "checkpoint %s of a fenced writer (epoch %d) replaced by epoch %d",
-                    key,
-                    old,
-                    doc["epoch"],
-                )
-                await self._call(
-                    "replace fenced checkpoint",
-                    partial(coll.replace_one, {"_id": key, "epoch": old}, dict(doc)),
-                )
-        return fenced
-
-    @staticmethod
-    async def _insert_many_idempotent(coll: Any, docs: list[dict[str, Any]]) -> list[int]:
-        """Insert, ignoring duplicate keys; returns the indexes of the duplicates."""
-        try:
-            # Copies: the drivers may add fields to the documents they are given.
-            await coll.insert_many([dict(doc) for doc in docs], ordered=False)
-        except BulkWriteError as exc:
-            details = exc.details or {}
-            errors = details.get("writeErrors") or []
-            if details.get("writeConcernErrors") or not errors:
-                raise
-            if any(error.get("code") != DUPLICATE_KEY for error in errors):
-                raise
-            logger.debug("%d of %d documents were already stored", len(errors), len(docs))
-            return [int(error.get("index", -1)) for error in errors if "index" in error]
-        return []
-
-    @staticmethod
-    async def _insert_one_idempotent(coll: Any, doc: dict[str, Any]) -> None:
-        try:
-            await coll.insert_one(dict(doc))
-        except DuplicateKeyError:
-            logger.debug("document %s was already stored", doc.get("_id"))
-
-    async def _update_sessions(self, batch: PersistBatch, embedded_keep: int, coll: Any) -> None:
-        by_session: dict[str, list[Checkpoint]] = {}
-        summarised = (
-            batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
-        )
-        for checkpoint in summarised:
-            by_session.setdefault(checkpoint.session_id, []).append(checkpoint)
-        fields = {sid: _settable(values) for sid, values in batch.session_updates.items()}
-        ops: list[_Update] = []
-        for sid, checkpoints in by_session.items():
-            checkpoints.sort(key=lambda cp: cp.sequence_number)
-            first, last = checkpoints[0].sequence_number, checkpoints[-1].sequence_number
-            update: dict[str, Any] = {
-                "$push": {
-                    "checkpoints": {
-                        "$each": [cp.compact() for cp in checkpoints],
-                        "$slice": -embedded_keep,
-                    }
-                },
-                "$max": {"last_sequence_number": last},
-            }
-            if fields.get(sid):
-                update["$set"] = fields[sid]
-            ops.append((_fenced(_not_yet_applied(sid, first), batch, sid), update))
-        ops.extend(
-            (_fenced({"_id": sid}, batch, sid), {"$set": values})
-            for sid, values in fields.items()
-            if values and sid not in by_session
-        )
-        if not ops:
-            return
-        matched = await self._run_updates("update sessions", ops, coll)
-        if matched < len(ops):
-            # Some update matched nothing: a retry of an applied batch (the guard refused
-            # to push its checkpoints again) or a missing session document. The batch's
-            # $set fields must still land; repeating a $set is harmless.
-            again = [
-                (_fenced({"_id": sid}, batch, sid), {"$set": fields[sid]})
-                for sid in by_session
-                if fields.get(sid)
-            ]
-            if again:
-                await self._run_updates("update sessions (retried batch)", again, coll)
-
-    async def _run_updates(self, what: str, ops: list[_Update], coll: Any) -> int:
-        """Apply ops in order, as one bulk_write when the driver can; return matched count."""
-        if await self._supports_bulk_updates():
-            requests = [UpdateOne(query, update) for query, update in ops]
-            result = await self._call(what, lambda: coll.bulk_write(requests, ordered=True))
-            return int(result.matched_count)
-        matched = 0
-        for query, update in ops:
-            result = await self._call(what, partial(coll.update_one, query, update))
-            matched += int(result.matched_count)
-        return matched
-
-    async def _supports_bulk_updates(self) -> bool:
-        """Probe once, lazily: mongomock's bulk_write raises TypeError on UpdateOne.
-
-        The probe is a real bulk_write whose only UpdateOne matches no document
-        (``_id`` = :data:`_BULK_PROBE_ID`, no upsert), so it changes nothing anywhere.
-        """
-        if self._bulk_updates is None:
-            probe = [UpdateOne({"_id": _BULK_PROBE_ID}, {"$set": {"probe": True}})]
-            try:
-                await self._call("probe bulk_write", lambda: self._sessions.bulk_write(probe))
-                self._bulk_updates = True
-            except TypeError:
-                self._bulk_updates = False
-            logger.info("session updates via bulk_write: %s", self._bulk_updates)
-        return self._bulk_updates
-
-
-def _journaled_stage(batch: PersistBatch) -> str:
-    """The last stage of ``batch`` that writes, whose write goes journaled: ``mark`` (a
-    journaled write after the session updates), ``checkpoints``, ``records`` (image
-    records and logs) or ``sessions`` (new session documents)."""
-    embedded = batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
-    if batch.session_updates or embedded:
-        return "mark"
-    if batch.checkpoints:
-        return "checkpoints"
-    if batch.images or batch.logs:
-        return "records"
-    return "sessions"
-
 
 def _session_query(
     statuses: list[str] | None, manuscript_id: ManuscriptId | None
@@ -831,56 +329,3 @@ def _session_query(
     if manuscript_id is not None:
         query["manuscript_id"] = manuscript_id
     return query
-
-
-def _new_session_document(document: dict[str, Any]) -> dict[str, Any]:
-    doc = dict(document)
-    doc.setdefault("created_at", utcnow())
-    doc.setdefault("last_sequence_number", 0)
-    doc.setdefault("checkpoints", [])
-    return doc
-
-
-def _not_yet_applied(session_id: str, first_sequence: int) -> dict[str, Any]:
-    """Filter matching the session document only if this batch's checkpoints are new.
-
-    ``create_session`` always sets ``last_sequence_number`` (0), so a plain ``$lt`` guard
-    suffices; an ``$or`` with ``$exists`` made SecantusDB scan every session document
-    instead of using ``_id`` (bench/checkpoints.py: 8.7 ms per update at 1,000 sessions).
-    """
-    return {"_id": session_id, "last_sequence_number": {"$lt": first_sequence}}
-
-
-def _fenced(query: dict[str, Any], batch: PersistBatch, session_id: str) -> dict[str, Any]:
-    """``query`` restricted to the lease epoch the batch's writer holds, if it holds one."""
-    epoch = batch.session_epochs.get(session_id)
-    return query if epoch is None else {**query, "epoch": epoch}
-
-
-def _holder(doc: dict[str, Any], session_id: str = "") -> LeaseHolder:
-    until = _utc(doc.get("lease_until"))
-    return LeaseHolder(
-        session_id=str(doc.get("_id", session_id)),
-        owner=str(doc.get("owner") or "unknown"),
-        lease_until=until if isinstance(until, datetime) else None,
-    )
-
-
-def _settable(fields: dict[str, Any]) -> dict[str, Any]:
-    dropped = MANAGED_SESSION_FIELDS.intersection(fields)
-    if dropped:
-        logger.warning("ignoring store-managed session fields in update: %s", sorted(dropped))
-    return {key: value for key, value in fields.items() if key not in MANAGED_SESSION_FIELDS}
-
-
-def _utc(value: Any) -> Any:
-    """Datetimes in a document as tz-aware UTC (drivers return naive UTC by default)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-    if isinstance(value, dict):
-        return {key: _utc(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_utc(item) for item in value]
-    return value

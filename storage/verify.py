@@ -23,7 +23,7 @@ from typing import Any
 from domain import SessionId, utcnow
 from errors import IllustratorError
 from storage.atomic import FileProblemError, load_json
-from storage.base import SessionStore
+from storage.base import SessionRecords
 from storage.files import FileStore, ScanReport
 from storage.leases import takeable
 from storage.records import Checkpoint
@@ -81,7 +81,7 @@ class VerifyReport:
 
 
 async def verify(
-    store: SessionStore | None,
+    store: SessionRecords | None,
     files: FileStore,
     output_dir: Path,
     *,
@@ -126,7 +126,7 @@ async def verify(
 
 async def _verify_session(
     sid: SessionId,
-    store: SessionStore | None,
+    store: SessionRecords | None,
     scan: ScanReport,
     document: dict[str, Any] | None,
     report: VerifyReport,
@@ -224,7 +224,7 @@ def _summary_problems(
 
 
 async def _verify_events(
-    store: SessionStore,
+    store: SessionRecords,
     sid: SessionId,
     summaries: list[dict[str, Any] | None],
     checkpoints: list[Checkpoint],
@@ -251,7 +251,7 @@ async def _verify_events(
 
 
 async def _verify_images(
-    store: SessionStore,
+    store: SessionRecords,
     sid: SessionId,
     output_dir: Path,
     checkpoints: list[Checkpoint],
