@@ -43,6 +43,7 @@ from actors.messages import (
     LeaseGranted,
     LeaseLost,
     LeasesRenewed,
+    PendingEvents,
     RenewLeases,
     RetryBacklog,
 )
@@ -154,8 +155,11 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
             case FlushPersistence(reply=reply):
                 self._commit()
                 self._flush_summaries(force=True)
-                self._drain_backlog()
                 reply.set_result(sum(len(w) for w in self._backlog))
+            case PendingEvents(session_id=sid, after=after, reply=reply):
+                self._commit()
+                self._flush_summaries(force=True)
+                reply.set_result((not self.stats.breaker_open, self._backlog_events(sid, after)))
             case RetryBacklog():
                 self._drain_backlog()
             case LeaseGranted(session_id=sid, epoch=epoch, granted_at=granted_at):
@@ -336,7 +340,9 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
 
     def _flush_summaries(self, *, force: bool) -> None:
         self._write_summaries(self._summaries.due(force=force))
-        if self._backlog and (force or not self.stats.breaker_open):
+        if self._backlog and not self.stats.breaker_open:
+            # While the breaker is open only its probe retries: a flush (a replay, a
+            # delete) never waits out a dead database's timeouts.
             self._drain_backlog()
 
     def _add_events(self, work: DatabaseWork, entries: tuple[Any, ...], keep: int) -> None:
