@@ -47,7 +47,7 @@ from actors.messages import (
     RenewLeases,
     RetryBacklog,
 )
-from actors.persistence_stats import LATENCY_BUCKETS_MS, PersistenceStats
+from actors.persistence_stats import LATENCY_BUCKETS_MS, PersistenceStats, publish
 from actors.quarantine import Quarantine
 from actors.reply import tell_quietly
 from actors.summaries import LEAVING_STATUSES, Summary, SummarySchedule
@@ -107,6 +107,7 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
         self._loop = asyncio.new_event_loop()
         if self.store_factory is not None:
             self._store = self._loop.run_until_complete(resolve_store(self.store_factory()))
+        publish(self.actor_urn, self.stats)
         logger.info("persistence started (batch %d records)", self.settings.batch_max_records)
 
     def on_stop(self) -> None:
@@ -126,6 +127,7 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
                 sum(len(w) for w in self._backlog),
             )
         self._stopping.set()
+        publish(self.actor_urn, None)
         if self._store is not None and self._loop is not None:
             try:
                 self._loop.run_until_complete(self._store.close())
@@ -184,6 +186,7 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
         # are committed as soon as the mailbox runs dry: their sessions wait for the ack.
         if self._pending and self.actor_inbox.empty():
             self._commit()
+        publish(self.actor_urn, self.stats)
         return None
 
     # -- the batch ---------------------------------------------------------------

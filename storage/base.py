@@ -44,6 +44,9 @@ class SessionStore(Protocol):
     ) -> list[dict[str, Any]]:
         """Session documents, newest first, optionally filtered."""
 
+    async def count_sessions(self, statuses: list[str]) -> dict[str, int]:
+        """How many session documents have each of ``statuses`` (counted by the store)."""
+
     async def get_resumable_sessions(self) -> list[dict[str, Any]]:
         """Sessions with ``can_resume`` true, newest first."""
 
