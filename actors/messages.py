@@ -208,10 +208,23 @@ class EventsEmitted:
 
 @dataclass(frozen=True)
 class FlushPersistence:
-    """Write everything pending (including the database backlog) and answer."""
+    """Write everything pending and answer: the files at once, the database backlog
+    too unless the breaker is open (a dead database is retried by its probe only)."""
 
     reply: Reply
     """Answered with the backlog size left (0 when the database is caught up)."""
+
+
+@dataclass(frozen=True)
+class PendingEvents:
+    """A WebSocket replay's question: commit what is pending, then which of a session's
+    events after ``after`` the database does not hold yet (they wait in the backlog)."""
+
+    session_id: str
+    after: int
+    reply: Reply
+    """Answered with ``(database_up, events)``: whether the breaker is closed, and the
+    session's events after ``after`` still in the backlog, in order."""
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,11 @@ from actors.messages import (
     LeaseGranted,
     LeaseLost,
     LeasesRenewed,
+    PendingEvents,
     RenewLeases,
     RetryBacklog,
 )
-from actors.persistence_stats import LATENCY_BUCKETS_MS, PersistenceStats
+from actors.persistence_stats import LATENCY_BUCKETS_MS, PersistenceStats, publish
 from actors.quarantine import Quarantine
 from actors.reply import tell_quietly
 from actors.summaries import LEAVING_STATUSES, Summary, SummarySchedule
@@ -106,6 +107,7 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
         self._loop = asyncio.new_event_loop()
         if self.store_factory is not None:
             self._store = self._loop.run_until_complete(resolve_store(self.store_factory()))
+        publish(self.actor_urn, self.stats)
         logger.info("persistence started (batch %d records)", self.settings.batch_max_records)
 
     def on_stop(self) -> None:
@@ -125,6 +127,7 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
                 sum(len(w) for w in self._backlog),
             )
         self._stopping.set()
+        publish(self.actor_urn, None)
         if self._store is not None and self._loop is not None:
             try:
                 self._loop.run_until_complete(self._store.close())
@@ -154,8 +157,11 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
             case FlushPersistence(reply=reply):
                 self._commit()
                 self._flush_summaries(force=True)
-                self._drain_backlog()
                 reply.set_result(sum(len(w) for w in self._backlog))
+            case PendingEvents(session_id=sid, after=after, reply=reply):
+                self._commit()
+                self._flush_summaries(force=True)
+                reply.set_result((not self.stats.breaker_open, self._backlog_events(sid, after)))
             case RetryBacklog():
                 self._drain_backlog()
             case LeaseGranted(session_id=sid, epoch=epoch, granted_at=granted_at):
@@ -180,6 +186,7 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
         # are committed as soon as the mailbox runs dry: their sessions wait for the ack.
         if self._pending and self.actor_inbox.empty():
             self._commit()
+        publish(self.actor_urn, self.stats)
         return None
 
     # -- the batch ---------------------------------------------------------------
@@ -336,7 +343,9 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
 
     def _flush_summaries(self, *, force: bool) -> None:
         self._write_summaries(self._summaries.due(force=force))
-        if self._backlog and (force or not self.stats.breaker_open):
+        if self._backlog and not self.stats.breaker_open:
+            # While the breaker is open only its probe retries: a flush (a replay, a
+            # delete) never waits out a dead database's timeouts.
             self._drain_backlog()
 
     def _add_events(self, work: DatabaseWork, entries: tuple[Any, ...], keep: int) -> None:

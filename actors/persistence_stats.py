@@ -69,4 +69,22 @@ class PersistenceStats:
         }
 
 
-__all__ = ["LATENCY_BUCKETS_MS", "PersistenceStats"]
+_PUBLISHED: dict[str, dict[str, Any]] = {}
+"""Actor urn -> the counters its writer last published (see :func:`published`)."""
+
+
+def publish(actor_urn: str, stats: PersistenceStats | None) -> None:
+    """Called by the writer after each message it handled (None when it stops)."""
+    if stats is None:
+        _PUBLISHED.pop(actor_urn, None)
+    else:
+        _PUBLISHED[actor_urn] = stats.as_dict()  # one assignment: atomic for readers
+
+
+def published(actor_urn: str) -> dict[str, Any]:
+    """The counters the writer ``actor_urn`` last published, without asking it: /health
+    and /metrics answer at once however busy (or stuck on a dead database) it is."""
+    return _PUBLISHED.get(actor_urn) or PersistenceStats().as_dict()
+
+
+__all__ = ["LATENCY_BUCKETS_MS", "PersistenceStats", "publish", "published"]

@@ -25,7 +25,7 @@ from actors.reply import tell_quietly
 from config import PersistenceConfig
 from errors import DatabaseUnavailableError
 from storage.base import SessionStore
-from storage.records import PersistBatch
+from storage.records import LogEntry, PersistBatch
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ class BacklogWriter:
         self._backlog.append(work)
         self.stats.backlog_batches = len(self._backlog)
         self.stats.backlog_records += len(work)
+
+    def _backlog_events(self, session_id: str, after: int) -> list[LogEntry]:
+        """The events of ``session_id`` after ``after`` that wait in the backlog."""
+        found = {
+            entry.event_seq: entry
+            for work in self._backlog
+            for entry in work.batch.logs
+            if entry.session_id == session_id and entry.event_seq > after
+        }
+        return [found[seq] for seq in sorted(found)]
 
     def _drain_backlog(self) -> None:
         """Write queued database work in order; stop at the first failure."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from actors.engine import Engine
+from actors.persistence_stats import published
 from config import Config
 from errors import StorageError
 from pipeline.providers import Providers
@@ -148,7 +149,12 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness plus the state of the database and of the persistence backlog."""
+    """Liveness plus the state of the database and of the persistence writer.
+
+    ``degraded`` (still 200) while the database does not answer, the writer's circuit
+    breaker is open or it has quarantined records. The writer's side comes from the
+    counters it publishes, never from asking it: a busy writer cannot make this fail.
+    """
     engine = request.app[ENGINE_KEY]
     handle = request.app[DATABASE_KEY]
     database_reachable = False
@@ -158,15 +164,18 @@ async def health(request: web.Request) -> web.Response:
             database_reachable = True
         except Exception:  # noqa: BLE001 - health reports, it does not fail
             database_reachable = False
-    stats = await engine.persistence_stats()
+    stats = published(engine.persistence.actor_urn) if engine.persistence else published("")
+    writer_ok = not stats["breaker_open"] and not stats["quarantined"]
     healthy = database_reachable or stats["backlog_records"] == 0
     return web.json_response(
         {
-            "status": "healthy" if database_reachable else "degraded",
+            "status": "healthy" if database_reachable and writer_ok else "degraded",
             "service": SERVICE_NAME,
             "database": handle.kind,
             "database_reachable": database_reachable,
             "persistence_backlog": stats["backlog_records"],
+            "breaker_open": stats["breaker_open"],
+            "quarantined_records": stats["quarantined"],
             "live_sessions": len(engine.hub.snapshots()),
             "instance_id": engine.instance_id,
             "leases_held": stats["leases"],

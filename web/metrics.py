@@ -6,13 +6,15 @@ from collections import Counter
 
 from aiohttp import web
 
+from actors.persistence_stats import published
 from errors import DatabaseUnavailableError
 from web.keys import ENGINE_KEY
 
 routes = web.RouteTableDef()
 
 STORED_STATUSES = ("paused", "failed", "interrupted")
-"""Statuses counted from the store (cheap, indexed); live ones come from memory."""
+"""Statuses counted by the store (one count each, no document read); live ones come
+from memory."""
 
 
 def _line(lines: list[str], name: str, value: float, labels: str = "") -> None:
@@ -33,11 +35,10 @@ async def metrics(request: web.Request) -> web.Response:
         _line(lines, "illustrator_live_sessions", live.get(status, 0), f'status="{status}"')
     if engine.store is not None:
         try:
-            stored = await engine.store.list_sessions(statuses=list(STORED_STATUSES), limit=100_000)
+            counts = await engine.store.count_sessions(list(STORED_STATUSES))
         except DatabaseUnavailableError:
-            stored = None
-        if stored is not None:
-            counts = Counter(str(d.get("status")) for d in stored)
+            counts = None
+        if counts is not None:
             lines += [
                 "# HELP illustrator_stored_sessions"
                 " Stopped, resumable sessions by status (database).",
@@ -56,7 +57,8 @@ async def metrics(request: web.Request) -> web.Response:
     ]
     _line(lines, "illustrator_events_published_total", engine.hub.published)
 
-    stats = await engine.persistence_stats()
+    # What the writer last published: a scrape never waits behind a busy writer.
+    stats = published(engine.persistence.actor_urn) if engine.persistence else published("")
     for key, kind, help_text in (
         ("batches", "counter", "Group commits written."),
         ("checkpoints", "counter", "Checkpoints persisted."),
@@ -68,6 +70,7 @@ async def metrics(request: web.Request) -> web.Response:
         ("backlog_records", "gauge", "Records waiting for the database."),
         ("leases", "gauge", "Session leases this instance holds and renews."),
         ("fenced_sessions", "counter", "Sessions whose lease another instance took over."),
+        ("quarantined", "counter", "Records the database refused, in sessions/quarantine/."),
         ("largest_batch", "gauge", "Largest batch so far."),
     ):
         name = f"illustrator_persistence_{key}" + ("_total" if kind == "counter" else "")

@@ -35,6 +35,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from actors.engine import Engine
 from actors.events import EventBatch
+from actors.messages import PendingEvents
+from actors.reply import Reply
 from domain import SessionId, manuscript_id, session_id
 from errors import DatabaseUnavailableError
 from storage.records import LogEntry
@@ -265,15 +267,45 @@ async def _read_until_closed(ws: web.WebSocketResponse, sub: Subscriber) -> None
 PING_TEXTS = frozenset({"ping", '{"type": "ping"}', '{"type":"ping"}'})
 
 
-async def _replay(engine: Engine, sid: SessionId, after: int, sub: Subscriber) -> int:
+async def _replay(
+    engine: Engine, sid: SessionId, after: int, sub: Subscriber, known_last: int
+) -> int:
     """Send stored events after ``after`` directly (before the writer starts).
+
+    The writer first commits what is pending and names the events its database backlog
+    still holds. While the database is down (breaker open) nothing here waits on it:
+    the backlog's events are sent, and if events up to ``known_last`` (the snapshot's
+    last_event_seq) are only in the database, a ``resync`` frame (with ``after``) comes
+    first rather than silence.
 
     Returns the last event_seq sent.
     """
     last = after
-    if engine.store is None:
+    if engine.store is None or engine.persistence is None:
         return last
-    await engine.flush()  # events published before we subscribed must be readable now
+    asked = Reply.for_loop()
+    engine.persistence.tell(PendingEvents(sid, after, asked))
+    database_up, pending = await asked.wait(30)
+    if database_up:
+        last = await _replay_stored(engine, sid, last, sub)
+    elif known_last > after and (not pending or pending[0].event_seq > after + 1):
+        await sub.send(
+            {
+                "type": "resync",
+                "after": after,
+                "message": "database unavailable: events before the ones sent now are"
+                " not available; reconnect with ?after= later",
+            }
+        )
+    for entry in pending:
+        if entry.event_seq > last:
+            await sub.send(entry.to_frame())
+            last = entry.event_seq
+    return last
+
+
+async def _replay_stored(engine: Engine, sid: SessionId, last: int, sub: Subscriber) -> int:
+    assert engine.store is not None
     while True:
         try:
             entries = await engine.store.list_logs(sid, after_event_seq=last, limit=REPLAY_PAGE)
@@ -353,7 +385,8 @@ async def _follow_session(
                 "last_event_seq": snapshot.get("last_event_seq", 0),
             }
         )
-        last = await _replay(engine, sid, after, sub) if after is not None else -1
+        known_last = int(snapshot.get("last_event_seq") or 0)
+        last = await _replay(engine, sid, after, sub, known_last) if after is not None else -1
         for entry in buffered:
             if entry.event_seq > last:
                 sub.offer_event(entry)

@@ -99,3 +99,58 @@ async def test_an_embedded_database_that_cannot_start_fails_start_up_cleanly(
 
     assert not [ref for ref in pykka.ActorRegistry.get_all() if ref.is_alive()]
     assert (out / "database").read_text().startswith("a file")
+
+
+async def test_replays_during_an_outage_come_from_memory_and_never_wait_on_the_database(
+    aiohttp_client, tmp_path: Path
+) -> None:
+    config = config_from_mapping(
+        {
+            "mongodb": {
+                "uri": f"mongodb://127.0.0.1:{closed_port()}/?directConnection=true",
+                "server_selection_timeout_ms": 100,
+            },
+            "output": {"directory": str(tmp_path / "out")},
+            "processing": {"auto_resume": False},
+            "providers": {"image_size": 32},
+        },
+        env={},
+    )
+    client = await aiohttp_client(create_app(config, providers=RecordingProviders()))
+    engine = client.app[ENGINE_KEY]
+    recorder = EventRecorder(engine)
+    chapters = [{"title": "One", "content": "Joy and fear at the sea. " * 20}]
+
+    async def run_session() -> str:
+        created = await client.post(
+            "/api/manuscripts", json={"title": "Offline", "author": "T", "chapters": chapters}
+        )
+        assert created.status in (200, 201), await created.text()
+        started = await client.post(
+            "/api/process",
+            json={"manuscript_id": (await created.json())["manuscript_id"]},
+        )
+        assert started.status == 200, await started.text()
+        sid = str((await started.json())["session_id"])
+        assert await recorder.wait_final(sid) == "completed"
+        return sid
+
+    sid = await run_session()
+    last = recorder.events[sid][-1].event_seq
+    failures = (await engine.persistence_stats())["db_failures"]
+    assert failures > 0  # the breaker is open: the database was tried and found dead
+
+    for _ in range(3):  # clients reconnecting with ?after= while the database is down
+        ws = await client.ws_connect(f"/ws/processing/{sid}?after=2")
+        frames = [await ws.receive_json(timeout=30)]
+        while frames[-1].get("event_seq") != last:
+            frames.append(await ws.receive_json(timeout=30))
+        await ws.close()
+        assert frames[0]["type"] == "snapshot"
+        assert [f["event_seq"] for f in frames[1:]] == list(range(3, last + 1))
+
+    # Sessions are still acknowledged on the files, and no replay retried the database
+    # synchronously (only its probe does, and nothing listens on that port).
+    second = await run_session()
+    assert engine.files.load_checkpoints(second)
+    assert (await engine.persistence_stats())["db_failures"] == failures
