@@ -217,5 +217,3 @@ async def _progress(tracker: Tracker, total: int, stop: asyncio.Event) -> None:
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
-
-

@@ -86,7 +86,6 @@ class OpenAIChatAnalyzer(_ChatStage):
     ``ProviderError`` (the session's step retry asks again).
     """
 
-
     def analyze(self, chapter: Chapter, max_moments: int) -> list[EmotionalMoment]:
         """Ask the model for up to ``max_moments`` moments of ``chapter``."""
         limit = clamp_moments(max_moments)

@@ -90,9 +90,6 @@ class SessionRecords(Protocol):
     ) -> int:
         """How many session documents match these filters."""
 
-    async def count_sessions(self, statuses: list[str]) -> dict[str, int]:
-        """How many session documents have each of ``statuses`` (counted by the store)."""
-
     async def get_resumable_sessions(self) -> list[dict[str, Any]]:
         """Sessions with ``can_resume`` true, newest first."""
 

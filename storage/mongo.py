@@ -137,16 +137,6 @@ class MongoStore(BatchWrites, LeaseQueries):
             await self._call("count sessions", lambda: self._sessions.count_documents(query))
         )
 
-    async def count_sessions(self, statuses: list[str]) -> dict[str, int]:
-        """Counts per status, by the server: /metrics reads no session document."""
-        counts = {}
-        for status in statuses:
-            query = {"status": str(status)}
-            counts[str(status)] = int(
-                await self._call("count sessions", partial(self._sessions.count_documents, query))
-            )
-        return counts
-
     async def get_resumable_sessions(self) -> list[dict[str, Any]]:
         """Sessions with ``can_resume`` true, newest first."""
         return await self._find(

@@ -35,7 +35,10 @@ async def metrics(request: web.Request) -> web.Response:
         _line(lines, "illustrator_live_sessions", live.get(status, 0), f'status="{status}"')
     if engine.store is not None:
         try:
-            counts = await engine.store.count_sessions(list(STORED_STATUSES))
+            counts = {
+                status: await engine.store.count_sessions(statuses=[status])
+                for status in STORED_STATUSES
+            }
         except DatabaseUnavailableError:
             counts = None
         if counts is not None:

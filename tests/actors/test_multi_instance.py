@@ -70,9 +70,7 @@ async def instances(tmp_path: Path, backend: str, request: pytest.FixtureRequest
     factory = store_maker(backend, request)(f"t_{uuid.uuid4().hex[:12]}")
     engines: list[Engine] = []
 
-    async def make(
-        name: str, providers: Any, *, wrap: Any = None, **kwargs: Any
-    ) -> Engine:
+    async def make(name: str, providers: Any, *, wrap: Any = None, **kwargs: Any) -> Engine:
         made = factory if wrap is None else (lambda: wrap(factory()))
         engine = await start_instance(tmp_path, made, name, providers, **kwargs)
         engines.append(engine)
@@ -222,8 +220,12 @@ async def test_an_instance_cut_off_from_the_database_is_fenced_when_it_returns(i
     release.set()  # A goes on, on its files alone
     assert await a_events.wait_final(sid) == "completed"
     assert (await a.persistence_stats())["backlog_records"] > 0
-    cut_off.clear()  # A reaches the database again
-    assert await a.flush() == 0
+    cut_off.clear()  # A reaches the database again: the breaker's probe drains A's backlog
+
+    async def drained() -> bool:
+        return await a.flush() == 0
+
+    await wait_until(drained, what="A's backlog to drain")
     stats = await a.persistence_stats()
     assert stats["fenced_sessions"] == 1
 

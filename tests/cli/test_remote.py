@@ -107,9 +107,7 @@ def test_the_token_comes_from_the_option_or_the_environment(served: Any) -> None
     cli, _ = served
     refused = cli.run("manuscripts", "list")
     assert refused.returncode == 1
-    assert "server answered 401: authentication required; pass --token or set" in (
-        refused.stderr
-    )
+    assert "server answered 401: authentication required; pass --token or set" in (refused.stderr)
     ok(cli.run("manuscripts", "list", "--token", TOKEN))
     ok(cli.run("manuscripts", "list", ILLUSTRATOR_TOKEN=TOKEN))
 

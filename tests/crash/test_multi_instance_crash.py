@@ -106,8 +106,7 @@ def test_a_killed_instance_sessions_are_finished_by_another(
 
         def all_completed() -> bool:
             return all(
-                b.get(f"/api/sessions/{sid}")["status"]["status"] == "completed"
-                for sid in sessions
+                b.get(f"/api/sessions/{sid}")["status"]["status"] == "completed" for sid in sessions
             )
 
         wait_until(all_completed, 180, "B to finish A's sessions", b)
