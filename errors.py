@@ -47,6 +47,18 @@ class ConflictError(IllustratorError):
     status = 409
 
 
+class ManuscriptBusyError(ConflictError):
+    """Another session of the manuscript is live: one live session per manuscript."""
+
+    def __init__(self, manuscript_id: str, live_session_id: str) -> None:
+        super().__init__(
+            f"session {live_session_id} of manuscript {manuscript_id} is live; pause or cancel"
+            " it first, or restart it",
+            details={"manuscript_id": manuscript_id, "live_session_id": live_session_id},
+        )
+        self.live_session_id = live_session_id
+
+
 class StorageError(IllustratorError):
     """The database or the file system failed to store or load a record."""
 

@@ -25,6 +25,8 @@ from actors.messages import (
     FlushPersistence,
     GetPersistenceStats,
     LeaseGranted,
+    ReleaseManuscript,
+    ReserveManuscript,
     StartSession,
     StopAllSessions,
 )
@@ -53,6 +55,7 @@ from errors import (
     ConflictError,
     DatabaseUnavailableError,
     IllustratorError,
+    ManuscriptBusyError,
     NotFoundError,
     StorageError,
     ValidationError,
@@ -345,6 +348,19 @@ class Engine(OperatorCommands):
             epoch=1,
             owner=self.instance_id,
         )
+        # One live session per manuscript: the supervisor holds the manuscript for this
+        # session before its record exists, so racing starts and restarts get a conflict.
+        await self._reserve(state)
+        try:
+            return await self._record_and_submit(state, manuscript)
+        except BaseException:
+            self._release(state)
+            raise
+
+    async def _record_and_submit(
+        self, state: SessionState, manuscript: Manuscript
+    ) -> dict[str, Any]:
+        """Make a new session's record durable, then start it."""
         # The session record is durable before anyone learns its id: a crash right after
         # the reply leaves a pending session that recovery resumes, never a dangling id.
         # It is born leased to us (epoch 1).
@@ -392,10 +408,15 @@ class Engine(OperatorCommands):
             ):
                 raise ConflictError(f"session {sid} is {state.status} and cannot be resumed")
             manuscript = await self.load_manuscript(state.manuscript_id)
-            if epoch is not None:
-                state.epoch = epoch
-                self._lease_granted(sid, epoch)
-            return await self._submit(state, manuscript, resumed=True)
+            await self._reserve(state)  # before the lease is kept: a refusal lets it expire
+            try:
+                if epoch is not None:
+                    state.epoch = epoch
+                    self._lease_granted(sid, epoch)
+                return await self._submit(state, manuscript, resumed=True)
+            except BaseException:
+                self._release(state)
+                raise
         finally:
             self._starting.discard(sid)
 
@@ -430,6 +451,19 @@ class Engine(OperatorCommands):
         except DatabaseUnavailableError:
             logger.warning("database unavailable; %d sessions run without a lease", len(ids))
             return LeaseOutcome(granted={}, refused={}, missing=list(ids))
+
+    async def _reserve(self, state: SessionState) -> None:
+        """Hold the session's manuscript for it (ManuscriptBusyError when another session of
+        it is live): the supervisor allows one live session per manuscript."""
+        assert self.supervisor is not None, "engine not started"
+        reserved = Reply.for_loop()
+        self.supervisor.tell(ReserveManuscript(state.manuscript_id, state.session_id, reserved))
+        await reserved.wait(30)
+
+    def _release(self, state: SessionState) -> None:
+        """Give the manuscript back if the session did not start after all."""
+        if self.supervisor is not None:
+            self.supervisor.tell(ReleaseManuscript(state.manuscript_id, state.session_id))
 
     def _lease_granted(self, sid: str, epoch: int) -> None:
         assert self.persistence is not None, "engine not started"
@@ -720,6 +754,13 @@ class Engine(OperatorCommands):
                         "session %s: manuscript %s is gone; not resumed", sid, state.manuscript_id
                     )
                     if not recorded:  # it would stay "running" and be retried at every start
+                        self.persistence.tell(CheckpointReached.status_of(state, behind))
+                    return
+                try:
+                    await self._reserve(state)
+                except ManuscriptBusyError as exc:
+                    logger.warning("session %s not resumed: %s", sid, exc.message)
+                    if not recorded:
                         self.persistence.tell(CheckpointReached.status_of(state, behind))
                     return
                 if epoch is not None:

@@ -14,7 +14,7 @@ import pykka
 
 from actors.reply import Reply
 from actors.state import SessionState
-from domain import SessionId, SessionStatus
+from domain import ManuscriptId, SessionId, SessionStatus
 from pipeline.manuscripts import Manuscript
 from storage.records import Checkpoint, ImageRecord, LogEntry
 
@@ -61,21 +61,29 @@ class ControlSession:
 
 
 @dataclass(frozen=True)
-class GetLiveSessions:
-    """Ask for snapshots of every live (running or queued) session."""
+class ReserveManuscript:
+    """Hold a manuscript for a session about to be recorded: one live session per manuscript.
 
+    A new session's record is written before it is started; the reservation, taken first,
+    makes every other start, resume or restart of the manuscript meanwhile a conflict.
+    """
+
+    manuscript_id: ManuscriptId
+    """The manuscript."""
+    session_id: SessionId
+    """The session that will hold it (its StartSession then finds the reservation its own)."""
     reply: Reply
-    """Answered with a list of snapshot dicts."""
+    """Answered with None, or a ManuscriptBusyError naming the live session."""
 
 
 @dataclass(frozen=True)
-class GetSessionSnapshot:
-    """Ask for one live session's snapshot (None if it is not live)."""
+class ReleaseManuscript:
+    """Give back a reservation whose session was never started (its record failed)."""
 
+    manuscript_id: ManuscriptId
+    """The manuscript."""
     session_id: SessionId
-    """Which session."""
-    reply: Reply
-    """Answered with a snapshot dict or None."""
+    """The session that reserved it."""
 
 
 @dataclass(frozen=True)
@@ -110,14 +118,6 @@ class CancelSession:
 
     reply: Reply | None = None
     """Answered at once with the snapshot."""
-
-
-@dataclass(frozen=True)
-class GetSnapshot:
-    """Ask a SessionActor for its status snapshot."""
-
-    reply: Reply
-    """Answered with a snapshot dict."""
 
 
 @dataclass(frozen=True)
@@ -286,15 +286,14 @@ __all__ = [
     "EventsEmitted",
     "FlushPersistence",
     "FlushSummaries",
-    "GetLiveSessions",
     "GetPersistenceStats",
-    "GetSessionSnapshot",
-    "GetSnapshot",
     "LeaseGranted",
     "LeaseLost",
     "PauseSession",
     "LeasesRenewed",
     "RenewLeases",
+    "ReleaseManuscript",
+    "ReserveManuscript",
     "RetryBacklog",
     "SessionFinished",
     "StartSession",

@@ -24,7 +24,6 @@ from actors.messages import (
     CheckpointPersisted,
     CheckpointReached,
     EventsEmitted,
-    GetSnapshot,
     LeaseLost,
     PauseSession,
     SessionFinished,
@@ -172,8 +171,6 @@ class SessionActor(pykka.ThreadingActor):
                 if reply is not None:
                     reply.set_result(self._snapshot())
                 self._act_now_if_idle()
-            case GetSnapshot(reply=reply):
-                reply.set_result(self._snapshot())
             case _:
                 return super().on_receive(message)
         return None

@@ -22,17 +22,17 @@ from actors.messages import (
     CancelSession,
     CheckpointReached,
     ControlSession,
-    GetLiveSessions,
-    GetSessionSnapshot,
     PauseSession,
+    ReleaseManuscript,
+    ReserveManuscript,
     SessionFinished,
     StartSession,
     StopAllSessions,
 )
 from actors.reply import Reply, tell_quietly
 from actors.session import SessionActor, SessionSettings
-from domain import SessionId, SessionStatus
-from errors import ConflictError, NotFoundError
+from domain import ManuscriptId, SessionId, SessionStatus
+from errors import ConflictError, ManuscriptBusyError, NotFoundError
 from pipeline.providers import Providers
 
 logger = logging.getLogger(__name__)
@@ -65,13 +65,27 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._queued: OrderedDict[SessionId, StartSession] = OrderedDict()
         self._stopping: list[tuple[Reply | None, threading.Timer | None]] = []
         self.finished: dict[SessionId, SessionStatus] = {}
+        self._holders: dict[ManuscriptId, SessionId] = {}
+        """The live (running, queued or reserved) session of each manuscript: at most one."""
+        self._held: dict[SessionId, ManuscriptId] = {}
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case StartSession():
                 self._start(message)
+            case ReserveManuscript(manuscript_id=mid, session_id=sid, reply=reply):
+                try:
+                    self._hold(mid, sid)
+                except ConflictError as exc:
+                    reply.set_exception(exc)
+                else:
+                    reply.set_result(None)
+            case ReleaseManuscript(manuscript_id=mid, session_id=sid):
+                if sid not in self._running and sid not in self._queued:
+                    self._let_go(mid, sid)
             case SessionFinished(session_id=sid, status=status, events=events):
                 self._running.pop(sid, None)
+                self._let_go_of(sid)
                 self.finished[sid] = status
                 self.hub.drop_snapshot(sid)
                 self.hub.publish(events)
@@ -79,10 +93,6 @@ class SessionSupervisor(pykka.ThreadingActor):
                 self._answer_stop_waiters()
             case ControlSession():
                 self._control(message)
-            case GetLiveSessions(reply=reply):
-                reply.set_result(self._live_snapshots())
-            case GetSessionSnapshot(session_id=sid, reply=reply):
-                reply.set_result(self._snapshot_of(sid))
             case StopAllSessions(reply=reply, timeout=timeout):
                 self._stop_all(reply, timeout)
             case "_stop_timeout":
@@ -106,6 +116,12 @@ class SessionSupervisor(pykka.ThreadingActor):
         if self._stopping:
             if message.reply is not None:
                 message.reply.set_exception(ConflictError("the server is shutting down"))
+            return
+        try:
+            self._hold(message.state.manuscript_id, sid)
+        except ConflictError as exc:
+            if message.reply is not None:
+                message.reply.set_exception(exc)
             return
         if len(self._running) >= self.settings.max_concurrent_sessions:
             message.state.status = SessionStatus.QUEUED
@@ -171,19 +187,36 @@ class SessionSupervisor(pykka.ThreadingActor):
             SessionStatus.PAUSED if message.action == "pause" else SessionStatus.CANCELLED
         )
         self.hub.drop_snapshot(sid)
+        self._let_go(state.manuscript_id, sid)
         self.persistence.tell(CheckpointReached.status_of(state))
         self.finished[sid] = state.status
         if reply is not None:
             reply.set_result(state.snapshot())
+
+    # -- one live session per manuscript -------------------------------------------------
+
+    def _hold(self, mid: ManuscriptId, sid: SessionId) -> None:
+        """Make ``sid`` the live session of ``mid``; ManuscriptBusyError if another one is."""
+        holder = self._holders.setdefault(mid, sid)
+        if holder != sid:
+            raise ManuscriptBusyError(mid, holder)
+        self._held[sid] = mid
+
+    def _let_go(self, mid: ManuscriptId, sid: SessionId) -> None:
+        if self._holders.get(mid) == sid:
+            del self._holders[mid]
+            self._held.pop(sid, None)
+
+    def _let_go_of(self, sid: SessionId) -> None:
+        mid = self._held.pop(sid, None)
+        if mid is not None and self._holders.get(mid) == sid:
+            del self._holders[mid]
 
     def _snapshot_of(self, sid: SessionId) -> dict[str, Any] | None:
         snapshot = self.hub.snapshot(sid)
         if snapshot is None and sid in self._queued:
             snapshot = self._queued[sid].state.snapshot()
         return snapshot
-
-    def _live_snapshots(self) -> list[dict[str, Any]]:
-        return [s for sid in [*self._running, *self._queued] if (s := self._snapshot_of(sid))]
 
     # -- shutdown --------------------------------------------------------------------
 

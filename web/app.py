@@ -32,7 +32,6 @@ from web.keys import (
     DELETING_KEY,
     ENGINE_KEY,
     PROVIDERS_KEY,
-    START_LOCK_KEY,
     WEBSOCKETS_KEY,
 )
 from web.middlewares import auth_middleware, edge_middleware, error_middleware
@@ -66,7 +65,6 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
     app[CONFIG_KEY] = config
     app[PROVIDERS_KEY] = providers
     app[WEBSOCKETS_KEY] = set()
-    app[START_LOCK_KEY] = asyncio.Lock()
     app[DELETING_KEY] = set()
     app.cleanup_ctx.append(_output_folder_ctx)
     app.cleanup_ctx.append(_database_ctx)

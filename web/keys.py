@@ -20,8 +20,6 @@ ENGINE_KEY = web.AppKey("engine", Engine)
 WEBSOCKETS_KEY = web.AppKey("websockets", set[web.WebSocketResponse])
 """Every WebSocket being opened or open (its handler removes it): counted against
 ``server.max_websockets``, closed with GOING_AWAY at shutdown."""
-START_LOCK_KEY = web.AppKey("start_lock", asyncio.Lock)
-"""Serialises session starts, so one manuscript never gets two live sessions by a race."""
 DELETING_KEY = web.AppKey("deleting", set[str])
 """Sessions whose DELETE is under way: a second DELETE of one of them gets 409 at once
 instead of racing the first through the same files."""

@@ -12,8 +12,14 @@ from aiohttp import web
 
 from actors.engine import Engine
 from domain import SessionId, isoformat, manuscript_id, session_id, utcnow
-from errors import ConflictError, DatabaseUnavailableError, NotFoundError, ValidationError
-from web.keys import CONFIG_KEY, ENGINE_KEY, START_LOCK_KEY
+from errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    ManuscriptBusyError,
+    NotFoundError,
+    ValidationError,
+)
+from web.keys import CONFIG_KEY, ENGINE_KEY
 from web.responses import bool_field, int_field, json_object, reply
 from web.sessions import (
     detailed_status,
@@ -156,25 +162,32 @@ async def start_processing(request: web.Request) -> web.Response:
     force_new = bool_field(data, "force_new")
     start_from = int_field(data, "start_from_chapter", 1, 1)
     external = _text_field(data, "external_session_id")
-    # One start at a time, so two racing requests cannot both start the same manuscript.
-    async with request.app[START_LOCK_KEY]:
-        existing = None if force_new else live_session_of(engine, mid)
-        if existing is not None:
-            return reply(
-                {
-                    "success": True,
-                    "session_id": existing["session_id"],
-                    "message": "A session of this manuscript is already running",
-                    "started_at": existing.get("started_at"),
-                    "is_existing": True,
-                }
+    # One live session per manuscript: the engine refuses a second one, racing or not.
+    existing = None if force_new else live_session_of(engine, mid)
+    if existing is None:
+        try:
+            started = await engine.start_session(
+                mid,
+                style_config=style,
+                max_emotional_moments=moments,
+                external_session_id=external,
+                start_from_chapter=start_from,
             )
-        started = await engine.start_session(
-            mid,
-            style_config=style,
-            max_emotional_moments=moments,
-            external_session_id=external,
-            start_from_chapter=start_from,
+        except ManuscriptBusyError as busy:
+            if force_new:
+                raise
+            existing = engine.live_snapshot(SessionId(busy.live_session_id)) or {
+                "session_id": busy.live_session_id
+            }
+    if existing is not None:
+        return reply(
+            {
+                "success": True,
+                "session_id": existing["session_id"],
+                "message": "A session of this manuscript is already running",
+                "started_at": existing.get("started_at"),
+                "is_existing": True,
+            }
         )
     logger.info("started session %s of manuscript %s", started["session_id"], mid)
     return reply(
@@ -320,13 +333,12 @@ async def restart_processing(request: web.Request) -> web.Response:
             await send_control(engine, sid, "cancel")
         if not await wait_until_stopped(engine, sid):
             raise ConflictError(f"session {sid} did not stop in time", details={"session_id": sid})
-    async with request.app[START_LOCK_KEY]:
-        started = await engine.start_session(
-            document["manuscript_id"],
-            style_config=document.get("style_config") or {},
-            max_emotional_moments=document.get("max_emotional_moments"),
-            external_session_id=document.get("external_session_id", ""),
-        )
+    started = await engine.start_session(  # ManuscriptBusyError (409) if one is live
+        document["manuscript_id"],
+        style_config=document.get("style_config") or {},
+        max_emotional_moments=document.get("max_emotional_moments"),
+        external_session_id=document.get("external_session_id", ""),
+    )
     return reply(
         {"success": True, "message": "Session restarted", "session_id": started["session_id"]}
     )

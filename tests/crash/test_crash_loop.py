@@ -211,16 +211,18 @@ class Server:
             raise AssertionError(f"POST {path} -> {exc.code}: {exc.read()[:2000]!r}") from None
 
 
-def start_batch(server: Server, manuscript_id: str, count: int) -> list[str]:
-    started = []
+def start_batch(server: Server, count: int) -> dict[str, str]:
+    """Start ``count`` sessions, each of its own copy of the manuscript (one live session per
+    manuscript); returns each session's manuscript id."""
+    started = {}
     for _ in range(count):
+        mid = server.post("/api/manuscripts", manuscript())["manuscript_id"]
         answer = server.post(
-            "/api/process",
-            {"manuscript_id": manuscript_id, "max_emotional_moments": MOMENTS, "force_new": True},
+            "/api/process", {"manuscript_id": mid, "max_emotional_moments": MOMENTS}
         )
         assert answer["success"] and not answer["is_existing"], answer
-        started.append(answer["session_id"])
-    assert len(set(started)) == count
+        started[answer["session_id"]] = mid
+    assert len(started) == count
     return started
 
 
@@ -512,8 +514,7 @@ def run_reference(folder: Path) -> tuple[list[Any], dict[str, str], int]:
     server = Server(folder)
     server.start()
     try:
-        manuscript_id = server.post("/api/manuscripts", manuscript())["manuscript_id"]
-        (sid,) = start_batch(server, manuscript_id, 1)
+        ((sid, manuscript_id),) = start_batch(server, 1).items()
         watcher = AckWatcher(server.port, [sid])
         try:
             watcher.start()
@@ -540,7 +541,8 @@ class CrashLoop:
     rng: random.Random
     per_session: int
     ledger: Ledger = field(default_factory=Ledger)
-    manuscript_id: str = ""
+    manuscripts: dict[str, str] = field(default_factory=dict)
+    """Each session's manuscript."""
     batches: int = 0
     interrupted: list[str] = field(default_factory=list)
     """Sessions unfinished on disk after the last kill: the next start must resume them."""
@@ -555,9 +557,9 @@ class CrashLoop:
             check_restart(server, self.interrupted, self.leftovers, ledger)
         active = list(self.interrupted)
         if not active:  # first cycle, or the last batch finished: start a new one
-            if not self.manuscript_id:
-                self.manuscript_id = server.post("/api/manuscripts", manuscript())["manuscript_id"]
-            active = start_batch(server, self.manuscript_id, SESSIONS_PER_BATCH)
+            started = start_batch(server, SESSIONS_PER_BATCH)
+            self.manuscripts.update(started)
+            active = list(started)
             ledger.sessions += active
             self.batches += 1
         watcher = AckWatcher(server.port, active)
@@ -656,7 +658,7 @@ def test_crash_loop_kill_9_loses_nothing_repeats_nothing(
         files = checkpoints[sid]
         assert [cp.to_json() for cp in files] == [cp.to_json() for cp in stored[sid]], sid
         assert len(files) == per_session, f"{sid}: {len(files)} checkpoints, not {per_session}"
-        assert comparable(files, loop.manuscript_id) == reference, (
+        assert comparable(files, loop.manuscripts[sid]) == reference, (
             f"{sid}: not the uninterrupted output"
         )
         assert image_hashes(out, sid) == reference_images, f"{sid}: not the uninterrupted images"
