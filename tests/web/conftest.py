@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from openapi_conformance import ConformanceRecorder
 from tests_support import EventRecorder
 
 from config import Config, config_from_mapping
@@ -89,15 +90,36 @@ class ServedTestServer(TestServer):
 
 
 @pytest.fixture
-async def make_client(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[ClientMaker]:
+def conformance() -> Iterator[ConformanceRecorder]:
+    """Checks every response of the apps it is installed on against the OpenAPI document;
+    the test fails with the mismatches."""
+    recorder = ConformanceRecorder()
+    yield recorder
+    assert not recorder.problems, "responses the OpenAPI document does not describe:\n" + (
+        "\n".join(recorder.problems)
+    )
+
+
+def checked_app(app: web.Application, conformance: ConformanceRecorder) -> web.Application:
+    """``app`` with ``conformance`` outermost, so it sees what the client gets."""
+    app.middlewares.insert(0, conformance.middleware)
+    return app
+
+
+@pytest.fixture
+async def make_client(
+    tmp_path: Path, aiohttp_client: Any, conformance: ConformanceRecorder
+) -> AsyncIterator[ClientMaker]:
     """``await make_client(gate=None, as_served=False, **server_options)``: a test client
-    of a fresh app (``as_served``: on a ``ServedTestServer``)."""
+    of a fresh app (``as_served``: on a ``ServedTestServer``), its responses checked
+    against the OpenAPI document."""
 
     async def make(
         gate: Gate | None = None, *, as_served: bool = False, **server: Any
     ) -> TestClient:
         providers = RecordingProviders(before_call=gate.before_call if gate is not None else None)
         app = create_app(make_config(tmp_path, **server), providers=providers.providers)
+        app = checked_app(app, conformance)
         return await aiohttp_client(ServedTestServer(app) if as_served else app)
 
     yield make

@@ -8,6 +8,7 @@ from pathlib import Path
 import pykka
 import pytest
 from aiohttp.test_utils import TestServer
+from conftest import checked_app
 from tests_support import EventRecorder
 
 from config import config_from_mapping
@@ -26,7 +27,7 @@ def closed_port() -> int:
 
 
 async def test_server_starts_degraded_and_processes_on_files(
-    aiohttp_client, tmp_path: Path
+    aiohttp_client, tmp_path: Path, conformance
 ) -> None:
     port = closed_port()  # nothing listens there: the database is down from the start
     config = config_from_mapping(
@@ -41,7 +42,9 @@ async def test_server_starts_degraded_and_processes_on_files(
         },
         env={},
     )
-    client = await aiohttp_client(create_app(config, providers=RecordingProviders()))
+    client = await aiohttp_client(
+        checked_app(create_app(config, providers=RecordingProviders()), conformance)
+    )
     engine = client.app[ENGINE_KEY]
 
     health = await (await client.get("/health")).json()
@@ -102,7 +105,7 @@ async def test_an_embedded_database_that_cannot_start_fails_start_up_cleanly(
 
 
 async def test_replays_during_an_outage_come_from_memory_and_never_wait_on_the_database(
-    aiohttp_client, tmp_path: Path
+    aiohttp_client, tmp_path: Path, conformance
 ) -> None:
     config = config_from_mapping(
         {
@@ -116,7 +119,9 @@ async def test_replays_during_an_outage_come_from_memory_and_never_wait_on_the_d
         },
         env={},
     )
-    client = await aiohttp_client(create_app(config, providers=RecordingProviders()))
+    client = await aiohttp_client(
+        checked_app(create_app(config, providers=RecordingProviders()), conformance)
+    )
     engine = client.app[ENGINE_KEY]
     recorder = EventRecorder(engine)
     chapters = [{"title": "One", "content": "Joy and fear at the sea. " * 20}]

@@ -17,6 +17,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -71,10 +72,14 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+def live_server(tmp_path: Path, conformance: Any) -> Iterator[LiveServer]:
+    """The app, every response of it checked against the OpenAPI document (``conformance``):
+    the fuzzed requests reach every operation's error paths."""
     config = make_config(tmp_path, max_body_bytes=64 * 1024)
     providers = RecordingProviders().providers
-    server = LiveServer(create_app(config, providers=providers))
+    app = create_app(config, providers=providers)
+    app.middlewares.insert(0, conformance.middleware)
+    server = LiveServer(app)
     server.start()
     try:
         yield server

@@ -18,10 +18,26 @@ async def test_openapi_describes_every_registered_route(client) -> None:
         assert route.method.lower() in spec["paths"][path], (route.method, path)
     for path, operations in spec["paths"].items():
         for operation in operations.values():
-            assert "200" in operation["responses"]
+            successes = [code for code in operation["responses"] if code < "400"]
+            assert len(successes) == 1, (path, successes)
+            expected = ("101",) if path.startswith("/ws/") else ("200", "201")
+            assert successes[0] in expected, (path, successes)
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path":
                     assert "{" + parameter["name"] + "}" in path
+
+
+async def test_uploads_and_exports_are_documented_as_they_answer(client) -> None:
+    spec = await (await client.get("/api/openapi.json")).json()
+    upload = spec["paths"]["/api/manuscripts"]["post"]
+    assert "201" in upload["responses"] and "200" not in upload["responses"]
+    assert set(upload["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    export = spec["paths"]["/api/manuscripts/{manuscript_id}/export"]["post"]
+    assert "201" in export["responses"]
+    for path in ("/api/process", "/api/manuscripts/{manuscript_id}"):
+        for operation in spec["paths"][path].values():
+            if operation is not spec["paths"][path].get("get"):
+                assert {"401", "403", "421"} <= set(operation["responses"]), path
 
 
 async def test_metrics_expose_sessions_and_persistence_histogram(client) -> None:
