@@ -43,6 +43,16 @@ class SessionStatus(StrEnum):
         return self in (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
 
 
+class PauseReason(StrEnum):
+    """Who paused a session: recorded in its pause checkpoint and its records."""
+
+    USER = "user"
+    """A client or operator asked: it stays paused until someone resumes it."""
+    SHUTDOWN = "shutdown"
+    """The server stopped (Ctrl-C, SIGTERM): the next start resumes it
+    (``processing.auto_resume``)."""
+
+
 class CheckpointType(StrEnum):
     """The spec's ten checkpoint types."""
 

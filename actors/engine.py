@@ -40,6 +40,7 @@ from config import Config
 from domain import (
     CheckpointType,
     ManuscriptId,
+    PauseReason,
     SessionId,
     SessionStatus,
     new_id,
@@ -657,13 +658,18 @@ class Engine(OperatorCommands):
         auto = self.config.processing.auto_resume if auto_resume is None else auto_resume
         # A crash during an earlier recovery leaves sessions "interrupted" before their
         # resumed actor wrote anything: with auto-resume they are picked up again too.
+        # So are the sessions the last shutdown paused (a user's pause stays paused).
         statuses = [*LIVE_STATUSES, "interrupted"] if auto else list(LIVE_STATUSES)
+        if auto and not takeover:
+            statuses.append("paused")
         candidates: set[str] = set()
         known: dict[str, dict[str, Any]] = {}
         now = utcnow()
         if self.store is not None:
             try:
                 for document in await self.store.list_sessions(statuses=statuses, limit=100_000):
+                    if not _recoverable(document):
+                        continue
                     if not takeover or takeable(document, self.instance_id, now):
                         candidates.add(document["session_id"])
                         known[document["session_id"]] = document
@@ -684,7 +690,7 @@ class Engine(OperatorCommands):
             scan = await asyncio.to_thread(self.files.scan)
         unchanged = reads.unchanged if reads is not None else {}
         for sid, document in scan.sessions.items():
-            if document.get("status") in statuses:
+            if document.get("status") in statuses and _recoverable(document):
                 candidates.add(sid)
         recovered: list[str] = []
         manuscripts: dict[str, asyncio.Future[Manuscript]] = {}
@@ -722,6 +728,8 @@ class Engine(OperatorCommands):
                 return
             if state.phase == Phase.DONE:
                 return
+            if state.status == SessionStatus.PAUSED and state.pause_reason != PauseReason.SHUTDOWN:
+                return  # its record said shutdown, its last checkpoint says a user paused it
             catch_up = CheckpointReached.status_of(state, behind) if behind else None
             state.status = SessionStatus.INTERRUPTED
             if epoch is not None:
@@ -855,3 +863,11 @@ class Engine(OperatorCommands):
 def _stop_actor(ref: pykka.ActorRef[Any]) -> None:
     with contextlib.suppress(pykka.ActorDeadError):
         ref.stop(block=True, timeout=60)
+
+
+def _recoverable(record: dict[str, Any]) -> bool:
+    """Whether a session record is one recovery takes up: a live or interrupted one, or
+    one paused by a shutdown (never one a user paused)."""
+    if record.get("status") != SessionStatus.PAUSED:
+        return True
+    return record.get("pause_reason") == PauseReason.SHUTDOWN

@@ -14,7 +14,7 @@ import pykka
 
 from actors.reply import Reply
 from actors.state import SessionState
-from domain import ManuscriptId, SessionId, SessionStatus
+from domain import ManuscriptId, PauseReason, SessionId, SessionStatus
 from pipeline.manuscripts import Manuscript
 from storage.records import Checkpoint, ImageRecord, LogEntry
 
@@ -58,6 +58,8 @@ class ControlSession:
     """``pause`` or ``cancel``."""
     reply: Reply | None = None
     """Answered with the status snapshot, or a NotFoundError when not live."""
+    reason: PauseReason = PauseReason.USER
+    """Who pauses (for ``pause``)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class PauseSession:
 
     reply: Reply | None = None
     """Answered at once with the snapshot (the pause itself lands at the boundary)."""
+    reason: PauseReason = PauseReason.USER
+    """Who pauses: a user's pause stays paused, a shutdown's resumes at the next start."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,14 @@ from actors.messages import (
 )
 from actors.reply import tell_quietly
 from actors.state import NEXT_ACTION, Phase, SessionState
-from domain import CheckpointType, ProcessingStep, SessionStatus, isoformat, utcnow
+from domain import (
+    CheckpointType,
+    PauseReason,
+    ProcessingStep,
+    SessionStatus,
+    isoformat,
+    utcnow,
+)
 from pipeline.analysis import EmotionalMoment
 from pipeline.images import folder_sync_deferred, image_filename
 from pipeline.manuscripts import Chapter, Manuscript
@@ -80,6 +87,7 @@ class SessionActor(pykka.ThreadingActor):
         self._after_ack: SessionStatus | None = None
         self._unsent: list[LogEntry] = []
         self._pause_requested = False
+        self._pause_reason = PauseReason.USER
         self._cancel_requested = False
         self._attempt = 0
         self._retry_timer: threading.Timer | None = None
@@ -159,7 +167,10 @@ class SessionActor(pykka.ThreadingActor):
                 self._lease_lost()
             case CheckpointPersisted(sequence_number=seq, error=error):
                 self._on_persisted(seq, error)
-            case PauseSession(reply=reply):
+            case PauseSession(reply=reply, reason=reason):
+                # A user's pause outweighs a shutdown's: it must not resume by itself.
+                if not self._pause_requested or reason == PauseReason.USER:
+                    self._pause_reason = reason
                 self._pause_requested = True
                 self._publish_snapshot(pause_requested=True)
                 if reply is not None:
@@ -404,13 +415,24 @@ class SessionActor(pykka.ThreadingActor):
         )
 
     def _pause(self) -> None:
+        self.state.pause_reason = self._pause_reason
         self._checkpoint_terminal(
             CheckpointType.SESSION_PAUSED,
             self.state.step,
             SessionStatus.PAUSED,
-            data={"next_action": NEXT_ACTION[self.state.phase]},
+            data={
+                "next_action": NEXT_ACTION[self.state.phase],
+                "pause_reason": str(self._pause_reason),
+            },
             before=lambda: self._emit(
-                "status", {"status": "paused", "message": "Processing paused"}
+                "status",
+                {
+                    "status": "paused",
+                    "message": "Processing paused"
+                    if self._pause_reason == PauseReason.USER
+                    else "Processing paused by the server's shutdown; the next start resumes it",
+                    "pause_reason": str(self._pause_reason),
+                },
             ),
         )
 

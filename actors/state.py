@@ -15,6 +15,7 @@ from typing import Any
 from domain import (
     CheckpointType,
     ManuscriptId,
+    PauseReason,
     ProcessingStep,
     SessionId,
     SessionStatus,
@@ -86,6 +87,8 @@ class SessionState:
     """The instance running the session (recorded in a new session document)."""
     started_at: datetime = field(default_factory=utcnow)
     paused_at: datetime | None = None
+    pause_reason: PauseReason | None = None
+    """Who paused it (while paused): a shutdown's pause resumes at the next start."""
     completed_at: datetime | None = None
 
     # -- folding ---------------------------------------------------------------
@@ -137,6 +140,8 @@ class SessionState:
                 self.completed_at = cp.created_at
             case CheckpointType.SESSION_PAUSED:
                 self.paused_at = cp.created_at
+                # A pause checkpoint of an older version names no reason: the user's.
+                self.pause_reason = PauseReason(data.get("pause_reason", PauseReason.USER))
             case CheckpointType.ERROR_OCCURRED:
                 self.error_message = str(data.get("error", "")) or self.error_message
 
@@ -179,6 +184,14 @@ class SessionState:
         ):
             state.status = SessionStatus(stored_status)
         state.error_message = session_doc.get("error_message") or state.error_message
+        reason = session_doc.get("pause_reason")
+        if (
+            state.status == SessionStatus.PAUSED
+            and state.last_checkpoint_type != CheckpointType.SESSION_PAUSED
+            and reason in tuple(PauseReason)
+        ):
+            # Paused while queued: no pause checkpoint, the record says who paused it.
+            state.pause_reason = PauseReason(reason)
         return state
 
     # -- questions -------------------------------------------------------------
@@ -254,6 +267,12 @@ class SessionState:
         """The highest finished chapter number (0 if none)."""
         return max(self.processed_chapters, default=0)
 
+    def _pause_reason(self) -> str | None:
+        """The reason of the pause the session is in (None unless it is paused)."""
+        if self.status != SessionStatus.PAUSED or self.pause_reason is None:
+            return None
+        return str(self.pause_reason)
+
     def session_fields(self) -> dict[str, Any]:
         """``$set`` fields of the session document for the current state."""
         return {
@@ -272,6 +291,7 @@ class SessionState:
             "last_event_seq": self.last_event_seq,
             "error_message": self.error_message,
             "paused_at": self.paused_at,
+            "pause_reason": self._pause_reason(),
             "completed_at": self.completed_at,
             "last_heartbeat": utcnow(),
             "updated_at": utcnow(),
@@ -329,6 +349,7 @@ class SessionState:
             "error_message": self.error_message,
             "started_at": isoformat(self.started_at),
             "paused_at": isoformat(self.paused_at),
+            "pause_reason": self._pause_reason(),
             "completed_at": isoformat(self.completed_at),
             "last_heartbeat": isoformat(utcnow()),
         }

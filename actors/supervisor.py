@@ -31,7 +31,7 @@ from actors.messages import (
 )
 from actors.reply import Reply, tell_quietly
 from actors.session import SessionActor, SessionSettings
-from domain import ManuscriptId, SessionId, SessionStatus
+from domain import ManuscriptId, PauseReason, SessionId, SessionStatus
 from errors import ConflictError, ManuscriptBusyError, NotFoundError
 from pipeline.providers import Providers
 
@@ -169,7 +169,11 @@ class SessionSupervisor(pykka.ThreadingActor):
         reply = message.reply
         ref = self._running.get(sid)
         if ref is not None:
-            command = PauseSession(reply) if message.action == "pause" else CancelSession(reply)
+            command = (
+                PauseSession(reply, message.reason)
+                if message.action == "pause"
+                else CancelSession(reply)
+            )
             try:
                 ref.tell(command)
             except pykka.ActorDeadError:
@@ -186,6 +190,8 @@ class SessionSupervisor(pykka.ThreadingActor):
         state.status = (
             SessionStatus.PAUSED if message.action == "pause" else SessionStatus.CANCELLED
         )
+        if message.action == "pause":
+            state.pause_reason = message.reason
         self.hub.drop_snapshot(sid)
         self._let_go(state.manuscript_id, sid)
         self.persistence.tell(CheckpointReached.status_of(state))
@@ -222,14 +228,14 @@ class SessionSupervisor(pykka.ThreadingActor):
 
     def _stop_all(self, reply: Reply | None, timeout: float) -> None:
         for sid in list(self._queued):
-            self._control(ControlSession(sid, "pause"))
+            self._control(ControlSession(sid, "pause", reason=PauseReason.SHUTDOWN))
         timer = threading.Timer(timeout, tell_quietly, args=(self.actor_ref, "_stop_timeout"))
         timer.daemon = True
         timer.start()
         self._stopping.append((reply, timer))
         for ref in list(self._running.values()):
             with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(PauseSession())
+                ref.tell(PauseSession(reason=PauseReason.SHUTDOWN))
         self._answer_stop_waiters()
 
     def _answer_stop_waiters(self, force: bool = False) -> None:

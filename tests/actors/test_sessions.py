@@ -282,8 +282,8 @@ async def test_cancel_is_terminal_and_persisted(make_engine) -> None:
 async def test_sessions_beyond_the_cap_queue_and_all_complete(make_engine) -> None:
     engine = await make_engine(RecordingProviders(), processing={"max_concurrent_sessions": 1})
     recorder = EventRecorder(engine)
-    mid = await engine.save_manuscript(make_manuscript(1))
-    started = [await engine.start_session(mid, max_emotional_moments=1) for _ in range(3)]
+    manuscripts = [await engine.save_manuscript(make_manuscript(1)) for _ in range(3)]
+    started = [await engine.start_session(mid, max_emotional_moments=1) for mid in manuscripts]
     assert started[0]["status"] == "running"
     assert [s["status"] for s in started[1:]] == ["queued", "queued"]
     for result in started:
@@ -293,9 +293,12 @@ async def test_sessions_beyond_the_cap_queue_and_all_complete(make_engine) -> No
 async def test_second_start_of_a_live_session_returns_it(make_engine) -> None:
     engine = await make_engine(RecordingProviders(), processing={"max_concurrent_sessions": 1})
     recorder = EventRecorder(engine)
-    mid = await engine.save_manuscript(make_manuscript(1))
-    first = await engine.start_session(mid, max_emotional_moments=1)
-    queued = await engine.start_session(mid, max_emotional_moments=1)
+    first = await engine.start_session(
+        await engine.save_manuscript(make_manuscript(1)), max_emotional_moments=1
+    )
+    queued = await engine.start_session(
+        await engine.save_manuscript(make_manuscript(1)), max_emotional_moments=1
+    )
     again = await engine.resume_session(queued["session_id"])
     assert again["is_existing"] is True
     for result in (first, queued):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_crash_loop import Server, manuscript, start_batch, wait_until
+from test_crash_loop import Server, start_batch, wait_until
 
 from domain import SessionId
 from storage.embedded_processes import is_alive, lock_holder
@@ -67,8 +67,7 @@ def test_the_server_restarts_its_killed_database_and_sessions_reach_it(tmp_path:
     try:
         embedded = server.get("/health")["embedded_database"]
         assert embedded["state"] == "running" and embedded["restarts"] == 0, embedded
-        manuscript_id = server.post("/api/manuscripts", manuscript())["manuscript_id"]
-        sessions = start_batch(server, manuscript_id, SESSIONS)
+        sessions = list(start_batch(server, SESSIONS))
         wait_until(
             lambda: all(len(checkpoint_files(server.out, sid)) >= 4 for sid in sessions),
             120,

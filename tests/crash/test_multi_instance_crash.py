@@ -34,7 +34,6 @@ from test_crash_loop import (
     comparable,
     database_checkpoints,
     image_hashes,
-    manuscript,
     run_reference,
     start_batch,
     wait_until,
@@ -80,8 +79,8 @@ def test_a_killed_instance_sessions_are_finished_by_another(
     ledger = _Ledger()
     try:
         a.start()
-        manuscript_id = a.post("/api/manuscripts", manuscript())["manuscript_id"]
-        sessions = start_batch(a, manuscript_id, SESSIONS)
+        manuscripts = start_batch(a, SESSIONS)  # each session its own manuscript
+        sessions = list(manuscripts)
         ledger.sessions += sessions
         b.start()  # while A works: B's start-up and lease checks must leave A's work alone
         watcher = AckWatcher(a.port, sessions)
@@ -128,7 +127,7 @@ def test_a_killed_instance_sessions_are_finished_by_another(
         epochs = [cp.epoch for cp in files]
         assert epochs == sorted(epochs) and set(epochs) == {1, 2}, epochs
         assert epochs.count(1) >= acked[sid], (sid, epochs, acked[sid])
-        assert comparable(files, manuscript_id) == reference, sid
+        assert comparable(files, manuscripts[sid]) == reference, sid
         assert image_hashes(shared, sid) == reference_images, sid
 
     # Each image generated once per session, but for the call A had in flight at the kill
