@@ -1,17 +1,54 @@
-"""Exports of an illustrated manuscript: HTML (chapters, moments, prompts, images) or JSON."""
+"""Exports of an illustrated manuscript: HTML (chapters, moments, prompts, images) or JSON.
+
+The HTML page is self-contained: its images are embedded as ``data:`` URIs, so it shows
+them opened from disk (``file://``), mailed or archived. Both exports state each image's
+real size, read from the image file (the prompt's ``technical_params`` ask for a size; the
+generator may have made another).
+"""
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from PIL import Image, UnidentifiedImageError
 
 from pipeline.manuscripts import Manuscript
 from storage.records import Checkpoint, ImageRecord
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,150}\.(html|json)$")
 """What an export file may be called: no separators, no dots but the extension."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file of the export, as read from disk."""
+
+    width: int
+    height: int
+    mime: str
+    data: bytes
+
+    @classmethod
+    def read(cls, path: Path) -> ImageFile | None:
+        """The file's size and bytes (None if it is missing or not an image)."""
+        try:
+            data = path.read_bytes()
+            with Image.open(path) as image:
+                width, height = image.size
+                mime = Image.MIME.get(image.format or "", "application/octet-stream")
+        except (OSError, UnidentifiedImageError):
+            return None
+        return cls(width, height, mime, data)
+
+    def data_uri(self) -> str:
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
 def chapter_results(checkpoints: list[Checkpoint]) -> dict[int, dict[str, list[dict[str, Any]]]]:
@@ -36,33 +73,51 @@ def export_document(
     session_id: str | None,
     checkpoints: list[Checkpoint],
     images: list[ImageRecord],
+    files: Mapping[str, ImageFile] | None = None,
 ) -> dict[str, Any]:
-    """The JSON export: manuscript metadata, and per chapter its moments, prompts and images."""
+    """The JSON export: manuscript metadata, and per chapter its moments, prompts and images.
+
+    ``files`` maps an image's URL to its file: its real width and height go into the
+    image entry and into the ``technical_params`` of the prompt it was made from.
+    """
+    files = files or {}
     results = chapter_results(checkpoints)
     by_chapter: dict[int, list[ImageRecord]] = defaultdict(list)
     for image in images:
         by_chapter[image.chapter_number].append(image)
     chapters = []
     for chapter in manuscript.chapters:
+        found = results.get(chapter.number, {"moments": [], "prompts": []})
+        prompts = [dict(prompt) for prompt in found["prompts"]]
+        entries = []
+        for image in by_chapter.get(chapter.number, []):
+            entry: dict[str, Any] = {
+                "url": image.web_url,
+                "prompt": image.prompt_used,
+                "chapter_number": image.chapter_number,
+                "scene_number": image.scene_number,
+            }
+            file = files.get(image.web_url)
+            if file is not None:
+                entry.update(width=file.width, height=file.height)
+                if 1 <= image.scene_number <= len(prompts):
+                    prompt = prompts[image.scene_number - 1]
+                    params = dict(prompt.get("technical_params") or {})
+                    prompt["technical_params"] = {
+                        **params,
+                        "width": file.width,
+                        "height": file.height,
+                    }
+            entries.append(entry)
         chapters.append(
             {
                 "number": chapter.number,
                 "title": chapter.title,
                 "content": chapter.content,
                 "word_count": chapter.word_count,
-                "emotional_moments": results[chapter.number]["moments"]
-                if chapter.number in results
-                else [],
-                "prompts": results[chapter.number]["prompts"] if chapter.number in results else [],
-                "images": [
-                    {
-                        "url": image.web_url,
-                        "prompt": image.prompt_used,
-                        "chapter_number": image.chapter_number,
-                        "scene_number": image.scene_number,
-                    }
-                    for image in by_chapter.get(chapter.number, [])
-                ],
+                "emotional_moments": found["moments"],
+                "prompts": prompts,
+                "images": entries,
             }
         )
     meta = manuscript.to_dict()
@@ -75,15 +130,17 @@ def export_document(
     }
 
 
-def render_html(document: dict[str, Any]) -> str:
-    """A standalone HTML page of the export (every value escaped)."""
+def render_html(document: dict[str, Any], files: Mapping[str, ImageFile] | None = None) -> str:
+    """A standalone HTML page of the export (every value escaped; the images in ``files``
+    embedded, so the page needs nothing but itself)."""
     e = html.escape
+    files = files or {}
     meta = document["manuscript"]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(meta['title'])}</title>",
-        "<style>body{font-family:serif;max-width:48em;margin:auto}img{max-width:100%}"
+        "<style>body{font-family:serif;max-width:48em;margin:auto}img{max-width:100%;height:auto}"
         ".prompt{color:#555;font-size:.9em}</style></head><body>",
         f"<h1>{e(meta['title'])}</h1>",
         f'<p class="author">by {e(meta["author"])}</p>',
@@ -109,8 +166,11 @@ def render_html(document: dict[str, Any]) -> str:
         prompts = {i + 1: p for i, p in enumerate(chapter["prompts"])}
         for image in chapter["images"]:
             prompt = image["prompt"] or prompts.get(image["scene_number"], {}).get("prompt", "")
+            file = files.get(image["url"])
+            source = file.data_uri() if file is not None else image["url"]
+            size = f' width="{file.width}" height="{file.height}"' if file is not None else ""
             parts.append(
-                f'<figure><img src="{e(image["url"])}" alt="{e(prompt[:200])}">'
+                f'<figure><img src="{e(source)}"{size} alt="{e(prompt[:200])}">'
                 f'<figcaption class="prompt">Scene {image["scene_number"]}: {e(prompt)}'
                 "</figcaption></figure>"
             )

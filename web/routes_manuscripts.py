@@ -17,7 +17,8 @@ from errors import ConflictError, DatabaseUnavailableError, NotFoundError, Valid
 from pipeline.manuscripts import Manuscript, parse_manuscript_json
 from storage import atomic
 from storage.files import FileStore
-from web.exports import EXPORT_NAME, export_document, render_html
+from storage.records import ImageRecord
+from web.exports import EXPORT_NAME, ImageFile, export_document, render_html
 from web.keys import CONFIG_KEY, ENGINE_KEY
 from web.paging import page_of, paged
 from web.responses import json_object, reply, require_json
@@ -206,9 +207,21 @@ async def export_manuscript(request: web.Request) -> web.Response:
 
 
 def _write_export(files: FileStore, name: str, fmt: str, parts: tuple[Any, ...]) -> None:
-    document = export_document(*parts)
-    text = render_html(document) if fmt == "html" else json.dumps(document, indent=2)
+    mid, manuscript, sid, checkpoints, images = parts
+    found = {image.web_url: _image_file(files, image) for image in images}
+    image_files = {url: file for url, file in found.items() if file is not None}
+    document = export_document(mid, manuscript, sid, checkpoints, images, image_files)
+    text = render_html(document, image_files) if fmt == "html" else json.dumps(document, indent=2)
     atomic.atomic_write(files.exports_dir / name, text.encode("utf-8"), fsync=files.fsync)
+
+
+def _image_file(files: FileStore, image: ImageRecord) -> ImageFile | None:
+    """The file behind an image record's URL, if it is one of ours and still there."""
+    session, _, filename = image.web_url.removeprefix("/generated_images/").partition("/")
+    if not IMAGE_NAME.fullmatch(filename) or session != image.session_id:
+        return None
+    path = _inside_output(files, files.images_dir / image.session_id / filename)
+    return None if path is None else ImageFile.read(path)
 
 
 def _inside_output(files: FileStore, path: Path) -> Path | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 from typing import Any
 
 import aiohttp
@@ -98,10 +100,20 @@ async def test_upload_process_follow_serve_and_export(make_client, gate) -> None
     assert exported.status == 201
     url = (await exported.json())["url"]
     html = await (await client.get(url)).text()
-    assert html.count("<img ") == 4 and images[0]["url"] in html and "Emotional moments" in html
+    assert html.count("<img ") == 4 and "Emotional moments" in html
+    # Self-contained: the images are in the page (it shows them opened from disk).
+    embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" width="64"', html)
+    assert len(embedded) == 4 and "/generated_images/" not in html
+    first_image = await (await client.get(images[0]["url"])).read()
+    assert base64.b64decode(embedded[0]) == first_image
     as_json = await (await client.post(f"/api/manuscripts/{mid}/export?format=json")).json()
     document = await (await client.get(as_json["url"])).json()
-    assert len(document["chapters"][0]["prompts"]) == 2
+    chapter = document["chapters"][0]
+    assert len(chapter["prompts"]) == 2
+    # The real size of the images (config: 64 px), not the size the prompt template asks.
+    assert [(i["width"], i["height"]) for i in chapter["images"]] == [(64, 64)] * 2
+    assert [(p["technical_params"]["width"], p["technical_params"]["height"])
+            for p in chapter["prompts"]] == [(64, 64)] * 2  # fmt: skip
     await ws.close()
     await gallery.close()
 
