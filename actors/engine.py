@@ -464,7 +464,7 @@ class Engine(OperatorCommands):
     def _release(self, state: SessionState) -> None:
         """Give the manuscript back if the session did not start after all."""
         if self.supervisor is not None:
-            self.supervisor.tell(ReleaseManuscript(state.manuscript_id, state.session_id))
+            self.supervisor.tell(ReleaseManuscript(state.session_id))
 
     def _lease_granted(self, sid: str, epoch: int) -> None:
         assert self.persistence is not None, "engine not started"

@@ -82,8 +82,6 @@ class ReserveManuscript:
 class ReleaseManuscript:
     """Give back a reservation whose session was never started (its record failed)."""
 
-    manuscript_id: ManuscriptId
-    """The manuscript."""
     session_id: SessionId
     """The session that reserved it."""
 

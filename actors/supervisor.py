@@ -80,12 +80,12 @@ class SessionSupervisor(pykka.ThreadingActor):
                     reply.set_exception(exc)
                 else:
                     reply.set_result(None)
-            case ReleaseManuscript(manuscript_id=mid, session_id=sid):
+            case ReleaseManuscript(session_id=sid):
                 if sid not in self._running and sid not in self._queued:
-                    self._let_go(mid, sid)
+                    self._let_go(sid)
             case SessionFinished(session_id=sid, status=status, events=events):
                 self._running.pop(sid, None)
-                self._let_go_of(sid)
+                self._let_go(sid)
                 self.finished[sid] = status
                 self.hub.drop_snapshot(sid)
                 self.hub.publish(events)
@@ -193,7 +193,7 @@ class SessionSupervisor(pykka.ThreadingActor):
         if message.action == "pause":
             state.pause_reason = message.reason
         self.hub.drop_snapshot(sid)
-        self._let_go(state.manuscript_id, sid)
+        self._let_go(sid)
         self.persistence.tell(CheckpointReached.status_of(state))
         self.finished[sid] = state.status
         if reply is not None:
@@ -208,12 +208,8 @@ class SessionSupervisor(pykka.ThreadingActor):
             raise ManuscriptBusyError(mid, holder)
         self._held[sid] = mid
 
-    def _let_go(self, mid: ManuscriptId, sid: SessionId) -> None:
-        if self._holders.get(mid) == sid:
-            del self._holders[mid]
-            self._held.pop(sid, None)
-
-    def _let_go_of(self, sid: SessionId) -> None:
+    def _let_go(self, sid: SessionId) -> None:
+        """``sid`` is no longer live: its manuscript is free."""
         mid = self._held.pop(sid, None)
         if mid is not None and self._holders.get(mid) == sid:
             del self._holders[mid]

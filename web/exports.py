@@ -28,27 +28,27 @@ EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,150}\.(html|json)$")
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image file of the export, as read from disk."""
+    """An image file of the export: its size, read from its header."""
 
+    path: Path
     width: int
     height: int
     mime: str
-    data: bytes
 
     @classmethod
     def read(cls, path: Path) -> ImageFile | None:
-        """The file's size and bytes (None if it is missing or not an image)."""
+        """The file's size and type (None if it is missing or not an image)."""
         try:
-            data = path.read_bytes()
             with Image.open(path) as image:
                 width, height = image.size
                 mime = Image.MIME.get(image.format or "", "application/octet-stream")
         except (OSError, UnidentifiedImageError):
             return None
-        return cls(width, height, mime, data)
+        return cls(path, width, height, mime)
 
     def data_uri(self) -> str:
-        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+        """The image as a ``data:`` URI (read now: only the HTML export embeds images)."""
+        return f"data:{self.mime};base64,{base64.b64encode(self.path.read_bytes()).decode('ascii')}"
 
 
 def chapter_results(checkpoints: list[Checkpoint]) -> dict[int, dict[str, list[dict[str, Any]]]]:

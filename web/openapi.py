@@ -96,6 +96,21 @@ def _control(summary: str, success: str = "Message") -> dict[str, Any]:
 
 
 _ID_ERRORS = ("404", "422")
+
+
+def _record(param: dict[str, Any], get: tuple[str, str], delete: str) -> dict[str, Any]:
+    """A record's path: GET it (summary, reply schema), DELETE it."""
+    return {
+        "get": _op(get[0], ref("schemas", get[1]), params=[param], errors=_ID_ERRORS),
+        "delete": _op(
+            delete,
+            ref("schemas", "Message"),
+            params=[param],
+            errors=_ID_ERRORS + ("409", "503") + CHANGING,
+        ),
+    }
+
+
 _FILENAME = {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
 _UPGRADE = {
     "description": "Switching Protocols: a WebSocket of JSON frames (see WebSocketFrame)",
@@ -163,17 +178,9 @@ PATHS: dict[str, dict[str, Any]] = {
         )
     },
     "/api/sessions/active": {"get": _op("Live sessions", ref("schemas", "ActiveSessions"))},
-    "/api/sessions/{session_id}": {
-        "get": _op(
-            "Full session record", ref("schemas", "SessionRecord"), params=[_SID], errors=_ID_ERRORS
-        ),
-        "delete": _op(
-            "Cancel and delete a session",
-            ref("schemas", "Message"),
-            params=[_SID],
-            errors=_ID_ERRORS + ("409", "503") + CHANGING,
-        ),
-    },
+    "/api/sessions/{session_id}": _record(
+        _SID, ("Full session record", "SessionRecord"), "Cancel and delete a session"
+    ),
     "/api/sessions/{session_id}/status": {
         "get": _op(
             "Session status", ref("schemas", "SessionStatus"), params=[_SID], errors=_ID_ERRORS
@@ -221,17 +228,11 @@ PATHS: dict[str, dict[str, Any]] = {
             errors=("422", "503"),
         ),
     },
-    "/api/manuscripts/{manuscript_id}": {
-        "get": _op(
-            "One manuscript", ref("schemas", "ManuscriptRecord"), params=[_MID], errors=_ID_ERRORS
-        ),
-        "delete": _op(
-            "Delete a manuscript (409 while a session of it is live)",
-            ref("schemas", "Message"),
-            params=[_MID],
-            errors=_ID_ERRORS + ("409", "503") + CHANGING,
-        ),
-    },
+    "/api/manuscripts/{manuscript_id}": _record(
+        _MID,
+        ("One manuscript", "ManuscriptRecord"),
+        "Delete a manuscript (409 while a session of it is live)",
+    ),
     "/api/manuscripts/{manuscript_id}/export": {
         "post": _post(
             "Export as a self-contained HTML page or as JSON",
