@@ -59,6 +59,7 @@ from checkpoints import (  # noqa: E402
 )
 
 from actors.engine import Engine  # noqa: E402
+from actors.engine.recovery import Recovery  # noqa: E402
 from config import config_from_mapping  # noqa: E402
 from pipeline.providers import Providers  # noqa: E402
 from storage.database import open_database  # noqa: E402
@@ -254,10 +255,11 @@ def instrument(engine: Engine) -> dict[str, list[float]]:
         setattr(owner, name, timed)
 
     wrap(engine, "load_state", "load_state (all)")
-    wrap(engine, "_load_records", "  _load_records (db + files)")
+    wrap(engine, "load_state_and_lag", "load_state_and_lag (recovery)")
+    wrap(engine, "load_records", "  load_records (db + files)")
     wrap(engine, "_max_stored_event_seq", "  _max_stored_event_seq (list_logs)")
-    wrap(engine, "_stored_event_seqs", "_stored_event_seqs (per chunk)")
-    wrap(engine, "_database_records", "_database_records (per chunk)")
+    wrap(Recovery, "stored_event_seqs", "stored_event_seqs (per chunk)")
+    wrap(Recovery, "database_records", "database_records (per chunk)")
     wrap(engine, "_acquire", "_acquire (leases, per chunk)")
     wrap(engine, "load_manuscript", "load_manuscript")
     wrap(engine, "_submit", "_submit (supervisor starts the actor)")

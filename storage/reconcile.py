@@ -28,6 +28,7 @@ from errors import DatabaseUnavailableError
 from storage.base import SessionStore
 from storage.files import FileStore, ScanReport
 from storage.leases import chunks, takeable
+from storage.merge import merge_checkpoints, newest_record
 from storage.reconcile_manuscripts import reconcile_manuscripts
 from storage.reconcile_report import ReconcileReport, StartupReads
 from storage.records import Checkpoint, ImageRecord, PersistBatch
@@ -211,31 +212,21 @@ async def _reconcile_session(
     anything is written for it."""
     if db_checkpoints is None:
         db_checkpoints = await store.list_checkpoints(sid) if db_document is not None else []
-    in_files = {cp.sequence_number: cp for cp in file_checkpoints}
-    in_db = {cp.sequence_number: cp for cp in db_checkpoints}
-    file_last = max(in_files, default=0)
-    db_last = max(in_db, default=0)
-    files_win = file_last >= db_last
+    in_files = {cp.sequence_number for cp in file_checkpoints}
+    in_db = {cp.sequence_number for cp in db_checkpoints}
+    merged = merge_checkpoints(db_checkpoints, file_checkpoints)
+    ordered, files_win = merged.checkpoints, merged.files_win
+    by_seq = {cp.sequence_number: cp for cp in file_checkpoints}
+    for seq in merged.conflicts:
+        side = "files" if ordered[seq - 1] is by_seq.get(seq) else "database"
+        text = (
+            f"session {sid} checkpoint {seq} differs; the {side}' one wins "
+            f"(newer lease epoch, or else the side reaching the higher sequence, {merged.newest})"
+        )
+        report.conflicts.append(text)
+        report.decide("%s", text)
 
-    merged: dict[int, Checkpoint] = {}
-    for seq in sorted(set(in_files) | set(in_db)):
-        here, there = in_files.get(seq), in_db.get(seq)
-        if here is not None and there is not None and here.to_json() != there.to_json():
-            winner = here if files_win else there
-            text = (
-                f"session {sid} checkpoint {seq} differs; the "
-                f"{'files' if files_win else 'database'} reach the higher sequence "
-                f"({max(file_last, db_last)}) and win"
-            )
-            report.conflicts.append(text)
-            report.decide("%s", text)
-            merged[seq] = winner
-        else:
-            merged[seq] = here or there  # type: ignore[assignment]
-    ordered = [merged[seq] for seq in sorted(merged)]
-
-    # The session record of the side that reached the higher sequence number wins.
-    base = (file_document if files_win else db_document) or file_document or db_document
+    base = newest_record(db_document, file_document)
     if base is None:
         # Only checkpoint files survive: rebuild the facts they carry.
         base = await asyncio.to_thread(files.load_session_state, sid)
@@ -251,7 +242,7 @@ async def _reconcile_session(
     # Summaries (session document, session file) are written behind their checkpoints
     # (actors.summaries), so a session live when its instance died has them lagging.
     # recover() takes it over right after this and brings its summary up with the next
-    # one written (Engine.recover): a summary merely behind is left to that rather than
+    # one written (actors.engine.recovery): a summary merely behind is left to that rather than
     # written twice, once here, for every such session at each start.
     left_to_recovery = (
         not level_live

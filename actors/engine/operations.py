@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.state import SessionState
 from config import Config
+from domain import SessionId
 from domain import session_id as valid_session_id
 from errors import ConflictError, DatabaseUnavailableError
 from storage.base import SessionStore
 from storage.bundles import RestoreResult, load_bundle_file, make_bundle, restore_bundle
 from storage.files import FileStore
-from storage.records import ImageRecord
+from storage.records import Checkpoint, ImageRecord
 from storage.verify import VerifyReport, verify
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ class OperatorCommands:
     output_dir: Path
     config: Config
     _bundle_tasks: set[asyncio.Task[Any]]
+
+    if TYPE_CHECKING:  # SessionLoading
+
+        async def load_records(self, sid: SessionId) -> tuple[dict[str, Any], list[Checkpoint]]: ...
 
     def _bundle_on_stop(self, entry: Any) -> None:
         """On pause or error (and so at shutdown), write the session's recovery bundle."""
@@ -52,7 +57,7 @@ class OperatorCommands:
     async def dump_session(self, session_id: str, *, reason: str = "on demand") -> Path:
         """Write ``sessions/recovery/{id}.json`` from the newest records; return its path."""
         sid = valid_session_id(session_id)
-        document, checkpoints = await self._load_records(sid)  # type: ignore[attr-defined]
+        document, checkpoints = await self.load_records(sid)
         state = SessionState.rebuild(document, checkpoints)
         logs: list[Any] = []
         images: list[Any] = []
