@@ -179,7 +179,7 @@ class CheckpointReached:
     """When the session sent it (acknowledgement latency is measured from here)."""
     summary_checkpoints: tuple[Checkpoint, ...] = ()
     """Checkpoints already durable that the stored summary lacks (a summary left behind
-    by a crash, see actors.summaries): they go into the next summary written."""
+    by a crash, see actors.persistence.summaries): they go into the next summary written."""
 
     @classmethod
     def status_of(

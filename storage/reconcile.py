@@ -240,7 +240,7 @@ async def _reconcile_session(
     missing_in_db = [cp for cp in ordered if cp.sequence_number not in in_db]
     missing_in_files = [cp for cp in ordered if cp.sequence_number not in in_files]
     # Summaries (session document, session file) are written behind their checkpoints
-    # (actors.summaries), so a session live when its instance died has them lagging.
+    # (actors.persistence.summaries), so a session live when its instance died has them lagging.
     # recover() takes it over right after this and brings its summary up with the next
     # one written (actors.engine.recovery): a summary merely behind is left to that rather than
     # written twice, once here, for every such session at each start.

@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from actors.engine import Engine
-from actors.persistence_stats import published
+from actors.persistence.stats import published
 from config import Config
 from errors import StorageError
 from pipeline.providers import Providers

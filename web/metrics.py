@@ -6,7 +6,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from actors.persistence_stats import published
+from actors.persistence.stats import published
 from errors import DatabaseUnavailableError
 from web.keys import ENGINE_KEY
 

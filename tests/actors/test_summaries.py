@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.messages import CheckpointReached
-from actors.summaries import SummarySchedule
+from actors.persistence.summaries import SummarySchedule
 from domain import CheckpointType, ProcessingStep, SessionId, new_id
 from storage.records import Checkpoint
 

@@ -1,11 +1,11 @@
-"""actors.quarantine against the real embedded database: halving finds refused records."""
+"""The writer's quarantine against the real embedded database: halving finds refused records."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from actors.quarantine import Quarantine, join, split
+from actors.persistence.quarantine import Quarantine, join, split
 from domain import CheckpointType, ProcessingStep, SessionId, new_id
 from errors import StorageError
 from storage.mongo import open_store

@@ -1,24 +1,4 @@
-"""PersistenceActor: the single writer, with group commit.
-
-It takes checkpoints and events from every session, and whenever its mailbox runs dry
-or the batch is full it commits them as one batch: all JSON files first (one group
-fsync), then one database batch, then it acknowledges every sender. Under load the
-batch grows by itself while the previous one is being written ("smart batching"), so
-a lone checkpoint is never held back waiting for company.
-
-If the database is unreachable the files remain the durable record: the batch is
-acknowledged after its files are durable, its database part queues in an ordered
-backlog, and a circuit breaker retries the backlog with backoff until the database
-returns; then every record reaches it exactly once and in order.
-
-With several instances on one database (storage.leases), it also keeps the leases of
-the sessions it writes for: it renews them every third of their length, stamps each
-session update with the lease epoch (the store refuses an older one), and before it
-writes for a session whose lease it could not renew in time (a stall, an outage) it
-checks the lease in the database. A session whose lease another instance took is
-fenced: its records are dropped from the database batch, its acknowledgement says so,
-and its actor stops without writing anything more.
-"""
+"""The PersistenceActor: batches, files, database work, summaries (see the package)."""
 
 from __future__ import annotations
 
@@ -32,7 +12,6 @@ from typing import Any
 
 import pykka
 
-from actors.lease_keeper import HeldLease, LeaseKeeper, LeaseSettings, close_loop
 from actors.messages import (
     CheckpointPersisted,
     CheckpointReached,
@@ -41,20 +20,20 @@ from actors.messages import (
     FlushSummaries,
     GetPersistenceStats,
     LeaseGranted,
-    LeaseLost,
     LeasesRenewed,
     PendingEvents,
     RenewLeases,
     RetryBacklog,
 )
-from actors.persistence_stats import LATENCY_BUCKETS_MS, PersistenceStats, publish
-from actors.quarantine import Quarantine
+from actors.persistence.backlog import BacklogWriter, DatabaseWork
+from actors.persistence.keeper import HeldLease, LeaseKeeper, LeaseSettings, close_loop
+from actors.persistence.leases import LeaseHolder
+from actors.persistence.quarantine import Quarantine
+from actors.persistence.stats import PersistenceStats, publish
+from actors.persistence.summaries import LEAVING_STATUSES, Summary, SummarySchedule
 from actors.reply import tell_quietly
-from actors.summaries import LEAVING_STATUSES, Summary, SummarySchedule
-from actors.writer_backlog import BacklogWriter, DatabaseWork
 from config import PersistenceConfig
-from domain import FORMAT_VERSION
-from errors import DatabaseUnavailableError, StorageError, ValidationError
+from errors import StorageError, ValidationError
 from storage.base import SessionStore
 from storage.database import resolve_store
 from storage.files import FileStore
@@ -66,7 +45,7 @@ SUMMARY_IDLE_SECONDS = 0.5
 """The summary timer writes due summaries itself only after this long without a batch."""
 
 
-class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
+class PersistenceActor(LeaseHolder, BacklogWriter, pykka.ThreadingActor):
     """Writes files and the database in batches, then acknowledges the senders."""
 
     def __init__(
@@ -300,7 +279,7 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
         self._arm_summary_timer()
         return summaries
 
-    # -- session summaries (write-behind, actors.summaries) -------------------------------
+    # -- session summaries (write-behind, .summaries) ------------------------------------
 
     def _add_summaries(self, work: DatabaseWork, summaries: list[Summary]) -> None:
         """Put released summaries into ``work``, with the lease epoch each relies on."""
@@ -366,142 +345,3 @@ class PersistenceActor(BacklogWriter, pykka.ThreadingActor):
             asyncio.to_thread(self._write_files, checkpoints, session_files), self._drain_async()
         )
         return error
-
-    # -- leases (storage.leases) -----------------------------------------------------------
-
-    def _grant(self, session_id: str, epoch: int, granted_at: float) -> None:
-        if self.lease_settings is None:
-            return
-        self._fenced.discard(session_id)
-        self._leases[session_id] = HeldLease(
-            epoch=epoch, trusted_until=granted_at + self.lease_settings.trusted_seconds
-        )
-        self.stats.leases = len(self._leases)
-        self._arm_lease_timer()
-
-    def _arm_lease_timer(self) -> None:
-        if self.lease_settings is None or not self._leases:
-            return
-        if self._lease_timer is not None and self._lease_timer.is_alive():
-            return
-        self._lease_timer = threading.Timer(
-            self.lease_settings.renew_seconds, tell_quietly, args=(self.actor_ref, RenewLeases())
-        )
-        self._lease_timer.daemon = True
-        self._lease_timer.start()
-
-    def _renew_leases(self) -> None:
-        """Timer tick: hand every lease we hold to the keeper thread to extend.
-
-        Renewing 1,000 leases takes the database about a second: done here it would hold
-        every acknowledgement back that long, so the keeper does it with its own client.
-        """
-        if self.lease_settings is None or self.store_factory is None:
-            return
-        if self._keeper is None:
-            self._keeper = LeaseKeeper(self.actor_ref, self.store_factory, self.lease_settings)
-            self._keeper.start()
-        if not self._keeper.busy and not self.stats.breaker_open and self._leases:
-            self._keeper.renew({sid: lease.epoch for sid, lease in self._leases.items()})
-        self._arm_lease_timer()
-
-    def _leases_renewed(self, answer: LeasesRenewed) -> None:
-        assert self.lease_settings is not None
-        for sid, epoch in answer.renewed.items():
-            lease = self._leases.get(sid)
-            if lease is not None and lease.epoch == epoch:
-                lease.trusted_until = answer.asked + self.lease_settings.trusted_seconds
-        for sid, epoch in answer.lost.items():
-            lease = self._leases.get(sid)
-            if lease is not None and lease.epoch == epoch:
-                self._lose_lease(sid)
-
-    async def _renew(self, leases: dict[str, HeldLease]) -> None:
-        assert self._store is not None and self.lease_settings is not None
-        if not leases:
-            return
-        asked = time.monotonic()
-        lost = await self._store.renew_leases(
-            {sid: lease.epoch for sid, lease in leases.items()},
-            self.lease_settings.owner,
-            self.lease_settings.ttl_seconds,
-        )
-        for sid, lease in leases.items():
-            if sid in lost:
-                self._lose_lease(sid)
-            else:
-                lease.trusted_until = asked + self.lease_settings.trusted_seconds
-
-    def _confirm_leases(self, checkpoints: list[CheckpointReached]) -> None:
-        """Before anything of a batch is written: renew the leases it relies on that we
-        could not renew in time, so a session taken over meanwhile writes no file either."""
-        if not self._leases or self._loop is None or self.stats.breaker_open:
-            return
-        now = time.monotonic()
-        doubtful: dict[str, HeldLease] = {
-            m.session_id: lease
-            for m in checkpoints
-            if (lease := self._leases.get(m.session_id)) is not None and lease.trusted_until < now
-        }
-        if not doubtful:
-            return
-        try:
-            self._loop.run_until_complete(self._renew(doubtful))
-        except DatabaseUnavailableError as exc:
-            self._open_breaker(exc)
-
-    async def _fence(self, work: DatabaseWork) -> None:
-        """Before writing, make sure we still hold the leases we could not renew in time."""
-        if self.lease_settings is None or not self._leases:
-            return
-        now = time.monotonic()
-        batch = work.batch
-        sessions: set[str] = {cp.session_id for cp in batch.checkpoints}
-        sessions.update(batch.session_updates)
-        sessions.update(entry.session_id for entry in batch.logs)
-        doubtful = {
-            sid: lease
-            for sid in sessions
-            if (lease := self._leases.get(sid)) is not None and lease.trusted_until < now
-        }
-        if doubtful:
-            await self._renew(doubtful)
-        if sessions & self._fenced:
-            _drop_sessions(batch, self._fenced)
-
-    def _lose_lease(self, session_id: str) -> None:
-        """Another instance took ``session_id`` over: write nothing more for it, stop it."""
-        lease = self._leases.pop(session_id, None)
-        if session_id in self._fenced:
-            return
-        self._fenced.add(session_id)
-        self._summaries.drop(session_id)
-        self.stats.leases = len(self._leases)
-        self.stats.fenced_sessions += 1
-        logger.warning(
-            "session %s: lease lost to another instance; its writes here are fenced", session_id
-        )
-        if lease is not None and lease.reply_to is not None:
-            tell_quietly(lease.reply_to, LeaseLost(session_id))  # type: ignore[arg-type]
-
-
-def _drop_sessions(batch: PersistBatch, sessions: set[str]) -> None:
-    """Remove the records of ``sessions`` from ``batch`` (fenced writers)."""
-    batch.checkpoints = [cp for cp in batch.checkpoints if cp.session_id not in sessions]
-    batch.logs = [entry for entry in batch.logs if entry.session_id not in sessions]
-    batch.images = [image for image in batch.images if image.session_id not in sessions]
-    if batch.summary_checkpoints is not None:
-        batch.summary_checkpoints = [
-            cp for cp in batch.summary_checkpoints if cp.session_id not in sessions
-        ]
-    for sid in sessions:
-        batch.session_updates.pop(sid, None)
-
-
-__all__ = [
-    "FORMAT_VERSION",
-    "LATENCY_BUCKETS_MS",
-    "LeaseSettings",
-    "PersistenceActor",
-    "PersistenceStats",
-]

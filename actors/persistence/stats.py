@@ -26,7 +26,7 @@ class PersistenceStats:
     leases: int = 0
     fenced_sessions: int = 0
     quarantined: int = 0
-    """Records the database refused, set aside in sessions/quarantine/ (actors.quarantine)."""
+    """Records the database refused, set aside in sessions/quarantine/ (.quarantine)."""
     largest_batch: int = 0
     ack_latency_counts: list[int] = field(
         default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1)

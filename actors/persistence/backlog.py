@@ -3,7 +3,7 @@
 Committed batches queue their database part here and are written in order. A batch
 that fails because the database is unreachable stays at the head of the backlog and
 opens the breaker: a probe thread waits for the database and then asks the actor to
-retry. A batch the database refuses for what it holds (see actors.quarantine) is
+retry. A batch the database refuses for what it holds (see actors.persistence.quarantine) is
 written record by record around the refused ones, which are set aside, so one record
 that can never be written never stops the others.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.messages import RetryBacklog
-from actors.persistence_stats import PersistenceStats
-from actors.quarantine import Quarantine
+from actors.persistence.quarantine import Quarantine
+from actors.persistence.stats import PersistenceStats
 from actors.reply import tell_quietly
 from config import PersistenceConfig
 from errors import DatabaseUnavailableError
