@@ -50,16 +50,18 @@ class SessionFinished:
 
 @dataclass(frozen=True)
 class ControlSession:
-    """Pause or cancel a live session (or a queued one)."""
+    """To the supervisor: deliver a pause or a cancel to a live session (or a queued one)."""
 
     session_id: SessionId
     """Which session."""
-    action: str
-    """``pause`` or ``cancel``."""
-    reply: Reply | None = None
-    """Answered with the status snapshot, or a NotFoundError when not live."""
-    reason: PauseReason = PauseReason.USER
-    """Who pauses (for ``pause``)."""
+    command: PauseSession | CancelSession
+    """What to do; its ``reply`` is answered with the status snapshot, or a NotFoundError
+    when the session is not live."""
+
+
+@dataclass(frozen=True)
+class StopTimeout:
+    """To the supervisor, from its shutdown timer: stop waiting for sessions to pause."""
 
 
 @dataclass(frozen=True)
@@ -300,4 +302,5 @@ __all__ = [
     "SessionFinished",
     "StartSession",
     "StopAllSessions",
+    "StopTimeout",
 ]

@@ -19,7 +19,6 @@ import pykka
 
 from actors.events import EventHub
 from actors.messages import (
-    CancelSession,
     CheckpointReached,
     ControlSession,
     PauseSession,
@@ -28,6 +27,7 @@ from actors.messages import (
     SessionFinished,
     StartSession,
     StopAllSessions,
+    StopTimeout,
 )
 from actors.reply import Reply, tell_quietly
 from actors.session import SessionActor, SessionSettings
@@ -95,7 +95,7 @@ class SessionSupervisor(pykka.ThreadingActor):
                 self._control(message)
             case StopAllSessions(reply=reply, timeout=timeout):
                 self._stop_all(reply, timeout)
-            case "_stop_timeout":
+            case StopTimeout():
                 self._answer_stop_waiters(force=True)
             case _:
                 return super().on_receive(message)
@@ -165,15 +165,10 @@ class SessionSupervisor(pykka.ThreadingActor):
     # -- control -------------------------------------------------------------------
 
     def _control(self, message: ControlSession) -> None:
-        sid = message.session_id
-        reply = message.reply
+        sid, command = message.session_id, message.command
+        reply = command.reply
         ref = self._running.get(sid)
         if ref is not None:
-            command = (
-                PauseSession(reply, message.reason)
-                if message.action == "pause"
-                else CancelSession(reply)
-            )
             try:
                 ref.tell(command)
             except pykka.ActorDeadError:
@@ -187,11 +182,11 @@ class SessionSupervisor(pykka.ThreadingActor):
             return
         # A queued session never started this run: record the new status directly.
         state = queued.state
-        state.status = (
-            SessionStatus.PAUSED if message.action == "pause" else SessionStatus.CANCELLED
-        )
-        if message.action == "pause":
-            state.pause_reason = message.reason
+        if isinstance(command, PauseSession):
+            state.status = SessionStatus.PAUSED
+            state.pause_reason = command.reason
+        else:
+            state.status = SessionStatus.CANCELLED
         self.hub.drop_snapshot(sid)
         self._let_go(sid)
         self.persistence.tell(CheckpointReached.status_of(state))
@@ -224,8 +219,8 @@ class SessionSupervisor(pykka.ThreadingActor):
 
     def _stop_all(self, reply: Reply | None, timeout: float) -> None:
         for sid in list(self._queued):
-            self._control(ControlSession(sid, "pause", reason=PauseReason.SHUTDOWN))
-        timer = threading.Timer(timeout, tell_quietly, args=(self.actor_ref, "_stop_timeout"))
+            self._control(ControlSession(sid, PauseSession(reason=PauseReason.SHUTDOWN)))
+        timer = threading.Timer(timeout, tell_quietly, args=(self.actor_ref, StopTimeout()))
         timer.daemon = True
         timer.start()
         self._stopping.append((reply, timer))

@@ -15,9 +15,11 @@ import pykka
 from actors.engine.loading import READ, Records
 from actors.events import EventHub
 from actors.messages import (
+    CancelSession,
     CheckpointReached,
     ControlSession,
     LeaseGranted,
+    PauseSession,
     ReleaseManuscript,
     ReserveManuscript,
     StartSession,
@@ -26,7 +28,7 @@ from actors.persistence import LeaseSettings
 from actors.reply import Reply
 from actors.state import Phase, SessionState
 from config import Config
-from domain import SessionId, SessionStatus, new_id
+from domain import PauseReason, SessionId, SessionStatus, new_id
 from domain import manuscript_id as valid_manuscript_id
 from domain import session_id as valid_session_id
 from errors import ConflictError, DatabaseUnavailableError, StorageError, ValidationError
@@ -228,18 +230,21 @@ class SessionCommands:
 
     async def pause_session(self, session_id: str) -> dict[str, Any]:
         """Ask a live session to pause at its next step boundary."""
-        return await self._control(session_id, "pause")
+        reply = Reply.for_loop()
+        return await self._control(session_id, PauseSession(reply, PauseReason.USER), reply)
 
     async def cancel_session(self, session_id: str) -> dict[str, Any]:
         """Cancel a live session at its next step boundary (terminal)."""
-        return await self._control(session_id, "cancel")
+        reply = Reply.for_loop()
+        return await self._control(session_id, CancelSession(reply), reply)
 
-    async def _control(self, session_id: str, action: str) -> dict[str, Any]:
+    async def _control(
+        self, session_id: str, command: PauseSession | CancelSession, reply: Reply
+    ) -> dict[str, Any]:
         if self.supervisor is None:
             raise ConflictError("the engine is not running")
         sid = valid_session_id(session_id)
-        reply = Reply.for_loop()
-        self.supervisor.tell(ControlSession(sid, action, reply))
+        self.supervisor.tell(ControlSession(sid, command))
         result: dict[str, Any] = await reply.wait(30)
         return result
 
