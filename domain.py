@@ -35,12 +35,29 @@ class SessionStatus(StrEnum):
     @property
     def is_live(self) -> bool:
         """A live session has (or is waiting for) an actor working on it."""
-        return self in (SessionStatus.PENDING, SessionStatus.QUEUED, SessionStatus.RUNNING)
+        return self in LIVE_STATUSES
 
     @property
     def is_terminal(self) -> bool:
         """A terminal session never runs again."""
-        return self in (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
+        return self in TERMINAL_STATUSES
+
+
+LIVE_STATUSES = (SessionStatus.PENDING, SessionStatus.QUEUED, SessionStatus.RUNNING)
+"""A session with (or waiting for) an actor: recovery takes these up after a crash."""
+RESUMABLE_STATUSES = (SessionStatus.PAUSED, SessionStatus.FAILED, SessionStatus.INTERRUPTED)
+"""A session that stopped before its end and can resume from its last checkpoint."""
+TERMINAL_STATUSES = (SessionStatus.COMPLETED, SessionStatus.CANCELLED)
+"""A session that never runs again."""
+STOPPED_STATUSES = (
+    SessionStatus.PAUSED,
+    SessionStatus.COMPLETED,
+    SessionStatus.FAILED,
+    SessionStatus.CANCELLED,
+)
+"""What a run of a session ends with (its actor stops; it leaves its lease)."""
+NOT_LIVE_STATUSES = tuple(s for s in SessionStatus if s not in LIVE_STATUSES)
+"""Every status but the live ones."""
 
 
 class PauseReason(StrEnum):
@@ -51,6 +68,25 @@ class PauseReason(StrEnum):
     SHUTDOWN = "shutdown"
     """The server stopped (Ctrl-C, SIGTERM): the next start resumes it
     (``processing.auto_resume``)."""
+
+
+class EventType(StrEnum):
+    """What a session's event (a ``logs`` record, a WebSocket frame) reports."""
+
+    STATUS = "status"
+    """The session's status changed (running, paused, cancelled...)."""
+    STEP = "step"
+    """One of the spec's four steps started or completed."""
+    PROGRESS = "progress"
+    """A checkpoint was reached: progress, counters, its sequence number."""
+    LOG = "log"
+    """A line of the session's log."""
+    IMAGE = "image"
+    """An image was made and stored."""
+    COMPLETE = "complete"
+    """The session illustrated every chapter."""
+    ERROR = "error"
+    """The session failed; it can be resumed from its last checkpoint."""
 
 
 class CheckpointType(StrEnum):

@@ -32,6 +32,7 @@ from actors.reply import tell_quietly
 from actors.state import NEXT_ACTION, Phase, SessionState
 from domain import (
     CheckpointType,
+    EventType,
     PauseReason,
     ProcessingStep,
     SessionStatus,
@@ -115,7 +116,7 @@ class SessionActor(pykka.ThreadingActor):
             )
         else:
             logger.info("Starting session %s", state.session_id)
-        self._emit("status", {"status": "running", "message": "Processing started"})
+        self._emit(EventType.STATUS, {"status": "running", "message": "Processing started"})
         self._flush_events_now()
         self.actor_ref.tell(AdvanceSession())
 
@@ -138,7 +139,7 @@ class SessionActor(pykka.ThreadingActor):
         state.status = SessionStatus.FAILED
         state.error_message = f"internal error: {exception_type.__name__}: {exception_value}"
         self._unsent = []
-        self._emit("error", {"error": state.error_message})
+        self._emit(EventType.ERROR, {"error": state.error_message})
         events = tuple(self._unsent)
         with contextlib.suppress(pykka.ActorDeadError):
             self.persistence.tell(
@@ -247,7 +248,7 @@ class SessionActor(pykka.ThreadingActor):
     def _load_manuscript(self) -> None:
         first = self.state.start_from_chapter
         numbers = [c.number for c in self.manuscript.chapters if c.number >= first]
-        self._emit("step", {"step": 0, "status": "processing"})
+        self._emit_step(0, "processing")
         self._emit_log(
             "info", f"Loaded manuscript '{self.manuscript.title}' ({len(numbers)} chapters)"
         )
@@ -275,7 +276,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _analyze_chapter(self) -> None:
         chapter = self._current_chapter()
-        self._emit("step", {"step": 0, "status": "processing"})
+        self._emit_step(0, "processing")
         self._flush_events_now()
         moments = self.providers.analyzer.analyze(chapter, self.state.max_emotional_moments)
         self._emit_log(
@@ -283,7 +284,7 @@ class SessionActor(pykka.ThreadingActor):
             f"Found {len(moments)} emotional moments in chapter {chapter.number}",
             chapter=chapter.number,
         )
-        self._emit("step", {"step": 0, "status": "completed"})
+        self._emit_step(0, "completed")
         self._checkpoint(
             CheckpointType.CHAPTER_ANALYZED,
             ProcessingStep.ANALYZING_CHAPTERS,
@@ -293,7 +294,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _generate_prompts(self) -> None:
         chapter = self._current_chapter()
-        self._emit("step", {"step": 1, "status": "processing"})
+        self._emit_step(1, "processing")
         self._flush_events_now()
         style = self.state.style_config
         prompts = [
@@ -305,7 +306,7 @@ class SessionActor(pykka.ThreadingActor):
             f"Wrote {len(prompts)} prompts for chapter {chapter.number}",
             chapter=chapter.number,
         )
-        self._emit("step", {"step": 1, "status": "completed"})
+        self._emit_step(1, "completed")
         self._checkpoint(
             CheckpointType.PROMPTS_GENERATED,
             ProcessingStep.GENERATING_PROMPTS,
@@ -324,7 +325,7 @@ class SessionActor(pykka.ThreadingActor):
         )
         destination = self.settings.output_dir / relative
         if scene == 1:
-            self._emit("step", {"step": 2, "status": "processing"})
+            self._emit_step(2, "processing")
             self._flush_events_now()
         if destination.exists():
             # Written atomically before a crash or pause cut the checkpoint off: it is
@@ -357,7 +358,7 @@ class SessionActor(pykka.ThreadingActor):
             checkpoint_sequence=state.last_sequence_number + 1,
         )
         self._emit(
-            "image",
+            EventType.IMAGE,
             {
                 "image_url": web_url,
                 "prompt": prompt.prompt,
@@ -367,7 +368,7 @@ class SessionActor(pykka.ThreadingActor):
         )
         last = scene == len(state.prompts)
         if last:
-            self._emit("step", {"step": 2, "status": "completed"})
+            self._emit_step(2, "completed")
         self._checkpoint(
             CheckpointType.IMAGES_GENERATING,
             ProcessingStep.GENERATING_IMAGES,
@@ -391,7 +392,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _complete_session(self) -> None:
         state = self.state
-        self._emit("step", {"step": 3, "status": "processing"})
+        self._emit_step(3, "processing")
         self._flush_events_now()
         self._checkpoint_terminal(
             CheckpointType.SESSION_COMPLETED,
@@ -403,9 +404,9 @@ class SessionActor(pykka.ThreadingActor):
 
     def _emit_completion(self) -> None:
         state = self.state
-        self._emit("step", {"step": 3, "status": "completed"})
+        self._emit_step(3, "completed")
         self._emit(
-            "complete",
+            EventType.COMPLETE,
             {
                 "images_count": state.total_images_generated,
                 "chapters_processed": len(state.processed_chapters),
@@ -425,7 +426,7 @@ class SessionActor(pykka.ThreadingActor):
                 "pause_reason": str(self._pause_reason),
             },
             before=lambda: self._emit(
-                "status",
+                EventType.STATUS,
                 {
                     "status": "paused",
                     "message": "Processing paused"
@@ -439,7 +440,7 @@ class SessionActor(pykka.ThreadingActor):
     def _finish_cancelled(self) -> None:
         state = self.state
         state.status = SessionStatus.CANCELLED
-        self._emit("status", {"status": "cancelled", "message": "Processing cancelled"})
+        self._emit(EventType.STATUS, {"status": "cancelled", "message": "Processing cancelled"})
         self._send(None, after=SessionStatus.CANCELLED)
 
     def _step_failed(self, exc: Exception) -> None:
@@ -474,7 +475,7 @@ class SessionActor(pykka.ThreadingActor):
         state.error_message = message
 
         def announce() -> None:
-            self._emit("error", {"error": message})
+            self._emit(EventType.ERROR, {"error": message})
             self._emit_log("error", f"Processing failed: {message}", chapter=state.current_chapter)
 
         self._checkpoint_terminal(
@@ -637,7 +638,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _emit(
         self,
-        type_: str,
+        type_: EventType,
         payload: dict[str, Any],
         *,
         level: str = "info",
@@ -659,9 +660,13 @@ class SessionActor(pykka.ThreadingActor):
             )
         )
 
+    def _emit_step(self, step: int, status: str) -> None:
+        """The spec's step ``step`` (0-3) is ``processing`` or ``completed``."""
+        self._emit(EventType.STEP, {"step": step, "status": status})
+
     def _emit_log(self, level: str, message: str, *, chapter: int | None = None) -> None:
         self._emit(
-            "log",
+            EventType.LOG,
             {"level": level, "message": message},
             level=level,
             message=message,
@@ -671,7 +676,7 @@ class SessionActor(pykka.ThreadingActor):
     def _emit_progress(self) -> None:
         state = self.state
         self._emit(
-            "progress",
+            EventType.PROGRESS,
             {
                 "progress": state.progress_percent,
                 "message": f"{state.last_checkpoint_type}",

@@ -21,12 +21,13 @@ from typing import Any
 
 from cli.terminal import TERMINAL
 from config import Config
+from domain import STOPPED_STATUSES
 from errors import IllustratorError
 
 logger = logging.getLogger(__name__)
 
 MANUSCRIPT_NAMESPACE = uuid.UUID("6f1c7c1e-8d1f-4a53-9c1b-9b7f3f0e2a10")
-FINAL_STATUSES = {"completed", "paused", "cancelled", "failed"}
+FINAL_STATUSES = frozenset(STOPPED_STATUSES)
 
 
 def moments(text: str) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Config
+from domain import RESUMABLE_STATUSES
 from errors import ConflictError
 from storage.base import SessionStore
 from storage.files import FileStore
@@ -212,7 +213,7 @@ def _sessions_restore(config: Config, args: argparse.Namespace) -> int:
             f" {state.last_sequence_number}, {len(state.processed_chapters)}/"
             f"{state.total_chapters} chapters done."
         )
-        if state.status.value in ("paused", "failed", "interrupted"):
+        if state.status in RESUMABLE_STATUSES:
             print(f"Resume it with: illustrator sessions resume {result.session_id}")
         return 0
 

@@ -23,8 +23,9 @@ import aiohttp
 
 from cli.client import ApiClient, ServerError, add_server_options, api_client, error_text, segment
 from config import Config
+from domain import STOPPED_STATUSES
 
-FINAL_STATUSES = frozenset({"completed", "paused", "cancelled", "failed"})
+FINAL_STATUSES = frozenset(STOPPED_STATUSES)
 RECONNECTS = 20
 """Connections in a row that bring nothing new before the watcher gives up."""
 RECONNECT_PAUSE = 0.25

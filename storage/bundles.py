@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domain import FORMAT_VERSION, SessionId, isoformat, manuscript_id, session_id, utcnow
+from domain import (
+    FORMAT_VERSION,
+    LIVE_STATUSES,
+    SessionId,
+    isoformat,
+    manuscript_id,
+    session_id,
+    utcnow,
+)
 from errors import ConflictError, ValidationError
 from storage import atomic
 from storage.base import SessionStore
@@ -99,7 +107,7 @@ async def restore_bundle(
             "bundle checkpoints are not gap-free from 1", details={"field": "checkpoints"}
         )
     base = dict(bundle["session"])
-    if base.get("status") in ("pending", "queued", "running"):
+    if base.get("status") in LIVE_STATUSES:
         base["status"] = "interrupted"
     fields, session_file, full_document = describe(base, checkpoints)
 

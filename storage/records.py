@@ -111,7 +111,7 @@ class LogEntry:
     event_seq: int
     """Per-session event sequence number (gap-free, shared by all event types)."""
     type: str
-    """WebSocket message type: progress, log, step, image, complete, error, status."""
+    """What it reports (domain.EventType; stored as its string, read back as stored)."""
     payload: dict[str, Any]
     """The frame's fields (without ``type``, ``session_id``, ``event_seq``)."""
     level: str = "info"

@@ -7,12 +7,13 @@ from collections import Counter
 from aiohttp import web
 
 from actors.persistence.stats import published
+from domain import LIVE_STATUSES, RESUMABLE_STATUSES
 from errors import DatabaseUnavailableError
 from web.keys import ENGINE_KEY
 
 routes = web.RouteTableDef()
 
-STORED_STATUSES = ("paused", "failed", "interrupted")
+STORED_STATUSES = tuple(str(s) for s in RESUMABLE_STATUSES)
 """Statuses counted by the store (one count each, no document read); live ones come
 from memory."""
 
@@ -31,7 +32,7 @@ async def metrics(request: web.Request) -> web.Response:
         "# HELP illustrator_live_sessions Live sessions by status (memory).",
         "# TYPE illustrator_live_sessions gauge",
     ]
-    for status in ("pending", "queued", "running"):
+    for status in map(str, LIVE_STATUSES):
         _line(lines, "illustrator_live_sessions", live.get(status, 0), f'status="{status}"')
     if engine.store is not None:
         try:

@@ -9,13 +9,13 @@ import logging
 from typing import Any
 
 from actors.engine import Engine
-from domain import SessionId, isoformat
+from domain import NOT_LIVE_STATUSES, EventType, SessionId, isoformat
 from errors import DatabaseUnavailableError, NotFoundError
 from storage.records import LogEntry
 
 logger = logging.getLogger(__name__)
 
-FINAL_STATUSES = frozenset({"completed", "failed", "paused", "cancelled", "interrupted"})
+FINAL_STATUSES = frozenset(NOT_LIVE_STATUSES)
 
 _STEP_ORDER = {
     None: 0,
@@ -127,7 +127,7 @@ async def recent_logs(
         )
     except DatabaseUnavailableError:
         return []
-    logs = [e for e in entries if e.type == "log"][-count:]
+    logs = [e for e in entries if e.type == EventType.LOG][-count:]
     return [
         {"timestamp": isoformat(e.timestamp), "level": e.level, "message": e.message} for e in logs
     ]
@@ -180,7 +180,7 @@ async def wait_until_stopped(engine: Engine, sid: SessionId, timeout: float = 60
 
     def on_event(entry: LogEntry) -> None:
         if entry.type in ("complete", "error") or (
-            entry.type == "status" and entry.payload.get("status") in FINAL_STATUSES
+            entry.type == EventType.STATUS and entry.payload.get("status") in FINAL_STATUSES
         ):
             changed.set()
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.state import SessionState
 from config import Config
-from domain import SessionId
+from domain import EventType, SessionId, SessionStatus
 from domain import session_id as valid_session_id
 from errors import ConflictError, DatabaseUnavailableError
 from storage.base import SessionStore
@@ -36,12 +36,12 @@ class OperatorCommands:
 
     def _bundle_on_stop(self, entry: Any) -> None:
         """On pause or error (and so at shutdown), write the session's recovery bundle."""
-        stopped = entry.type == "error" or (
-            entry.type == "status" and entry.payload.get("status") == "paused"
+        stopped = entry.type == EventType.ERROR or (
+            entry.type == EventType.STATUS and entry.payload.get("status") == SessionStatus.PAUSED
         )
         if not stopped:
             return
-        reason = "error" if entry.type == "error" else "pause"
+        reason = "error" if entry.type == EventType.ERROR else "pause"
         task = asyncio.get_running_loop().create_task(
             self._write_bundle_quietly(entry.session_id, reason)
         )

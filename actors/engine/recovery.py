@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 from actors.engine.loading import READ, Records
 from actors.messages import CheckpointReached
 from actors.state import Phase, SessionState
-from domain import CheckpointType, PauseReason, SessionId, SessionStatus, utcnow
+from domain import (
+    LIVE_STATUSES,
+    CheckpointType,
+    PauseReason,
+    SessionId,
+    SessionStatus,
+    utcnow,
+)
 from errors import DatabaseUnavailableError, ManuscriptBusyError, NotFoundError
 from pipeline.manuscripts import Manuscript
 from storage.files import ScanReport
@@ -34,7 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LIVE_STATUSES = ("pending", "queued", "running")
 RECOVERY_CONCURRENCY = 32
 RECOVERY_CHUNKS_IN_FLIGHT = 8
 """Chunks of RECOVERY_CONCURRENCY sessions recovered at once: the database reads of some
@@ -53,9 +59,10 @@ class Recovery:
         # A crash during an earlier recovery leaves sessions "interrupted" before their
         # resumed actor wrote anything: with auto-resume they are picked up again too.
         # So are the sessions the last shutdown paused (a user's pause stays paused).
-        self.statuses = [*LIVE_STATUSES, "interrupted"] if auto else list(LIVE_STATUSES)
+        live = [str(s) for s in LIVE_STATUSES]
+        self.statuses = [*live, str(SessionStatus.INTERRUPTED)] if auto else live
         if auto and not takeover:
-            self.statuses.append("paused")
+            self.statuses.append(str(SessionStatus.PAUSED))
         self.known: dict[str, dict[str, Any]] = {}
         """Database documents of the candidates, as listed (lease acquisition reuses them)."""
         self.recovered: list[str] = []

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.messages import CheckpointReached
+from domain import NOT_LIVE_STATUSES, STOPPED_STATUSES
 from storage.records import Checkpoint
 
 URGENT_CHECKPOINTS = frozenset({"session_completed", "session_paused", "error_occurred"})
-LEAVING_STATUSES = frozenset({"completed", "cancelled", "paused", "failed"})
+LEAVING_STATUSES = frozenset(STOPPED_STATUSES)
 """A session in one of these is no longer run by anyone: its lease is released."""
-STOPPED_STATUSES = LEAVING_STATUSES | {"interrupted"}
+URGENT_STATUSES = frozenset(NOT_LIVE_STATUSES)
 """Summaries announcing one of these are written at once; a session starting or
 resuming (pending, queued, running) is shown live from memory meanwhile."""
 
@@ -104,7 +105,7 @@ class SummarySchedule:
         elif cp is None and not message.summary_checkpoints:
             self._urgent.add(sid)  # a bare status change (cancel, interrupted, failed)
         if (cp is not None and str(cp.checkpoint_type) in URGENT_CHECKPOINTS) or (
-            status in STOPPED_STATUSES and status != self._written_status.get(sid)
+            status in URGENT_STATUSES and status != self._written_status.get(sid)
         ):
             self._urgent.add(sid)
 
@@ -162,7 +163,7 @@ class SummarySchedule:
 
 __all__ = [
     "LEAVING_STATUSES",
-    "STOPPED_STATUSES",
+    "URGENT_STATUSES",
     "URGENT_CHECKPOINTS",
     "Summary",
     "SummarySchedule",
