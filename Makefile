@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench clean chromium screenshots
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
@@ -18,8 +18,24 @@ $(STAMP): $(BIN)/python pyproject.toml
 serve: $(STAMP)
 	$(BIN)/illustrator serve
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# tests/browser drive Debian's chromium with Playwright (never a downloaded browser):
+# installed here when missing and we are root, else the one line to run.
+CHROMIUM_INSTALL := apt-get install -y chromium
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for tests/browser: $(CHROMIUM_INSTALL)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(CHROMIUM_INSTALL) -qq; \
+	else \
+		echo "error: tests/browser need Debian's chromium; run: sudo $(CHROMIUM_INSTALL)"; exit 1; \
+	fi
+
+# The README's screenshots of the web page (docs/screenshots/), from a fresh server.
+screenshots: $(STAMP) chromium
+	$(BIN)/python tools/screenshots.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

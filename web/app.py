@@ -23,7 +23,15 @@ from errors import StorageError
 from pipeline.providers import Providers
 from storage.base import SessionStore
 from storage.database import open_database
-from web import metrics, openapi, routes_manuscripts, routes_processing, routes_sessions, websocket
+from web import (
+    metrics,
+    openapi,
+    routes_manuscripts,
+    routes_processing,
+    routes_sessions,
+    ui,
+    websocket,
+)
 from web.http_logs import RedactingAccessLogger, protocol_logger
 from web.keys import (
     CONFIG_KEY,
@@ -82,6 +90,7 @@ def create_app(config: Config, *, providers: Providers | None = None) -> web.App
         websocket,
         metrics,
         openapi,
+        ui,
     ):
         app.router.add_routes(module.routes)
     return app

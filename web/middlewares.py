@@ -6,6 +6,8 @@ Order (outermost first): ``error_middleware``, ``edge_middleware``, ``auth_middl
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 import logging
@@ -30,6 +32,16 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC_PATHS = frozenset({"/health"})
+PAGE_PATHS = frozenset({"/"})
+PAGE_PREFIX = "/ui/"
+"""The web page's HTML shell and its scripts and styles (``web/ui.py``): public, as they
+hold no data; everything the page shows comes from the API routes, which need the token."""
+
+WEBSOCKET_SUBPROTOCOL = "illustrator"
+"""The WebSocket subprotocol the server selects, so a browser accepts the handshake."""
+BEARER_SUBPROTOCOL = "illustrator.bearer."
+"""A browser cannot set headers on a WebSocket handshake: the page offers its token as
+the subprotocol ``illustrator.bearer.<base64url(token)>``, next to ``illustrator``."""
 
 # Requests that change something: a page on another site may send them (a form post or
 # a multipart upload needs no CORS preflight), so their Origin header is checked.
@@ -125,6 +137,16 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     to U+FFFD; JSON bodies are checked in ``web.responses.parse_json``.)
     """
     server = request.app[CONFIG_KEY].server
+    if _bearer_subprotocol(request) is not None and WEBSOCKET_SUBPROTOCOL not in _subprotocols(
+        request
+    ):
+        # Without one the server knows, aiohttp would log the offered list: the token.
+        return error_body(
+            f"a WebSocket handshake offering a token must offer the {WEBSOCKET_SUBPROTOCOL!r} "
+            "subprotocol too",
+            400,
+            {"field": "Sec-WebSocket-Protocol"},
+        )
     if not server.api_tokens and request.path not in PUBLIC_PATHS:
         host = request.headers.get("Host", "")
         if host and not host_allowed(host, server):
@@ -199,24 +221,28 @@ def _host_name(host: str) -> str:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require ``Authorization: Bearer <token>`` when ``server.api_tokens`` is set;
-    ``/health`` stays open for probes.
+    ``/health`` and the web page's shell and assets stay open (they hold no data).
 
-    ``?token=`` is taken only on a WebSocket handshake (browsers cannot set headers
-    there); anywhere else a token in the URL would end up in logs and histories.
+    On a WebSocket handshake (browsers cannot set headers there) the token may come as
+    the ``illustrator.bearer.<base64url>`` subprotocol, which the web page uses, or as
+    ``?token=``, kept for older clients; anywhere else a token in the URL would end up in
+    logs and histories.
     """
     tokens = request.app[CONFIG_KEY].server.api_tokens
-    if not tokens or request.path in PUBLIC_PATHS:
+    if not tokens or is_public(request.path):
         return await handler(request)
     header = request.headers.get("Authorization", "")
+    offered = b""
     if header[:7].lower() == "bearer ":
-        given = header[7:].strip()
+        # surrogateescape: header bytes that are not UTF-8 arrive as lone surrogates.
+        offered = header[7:].strip().encode("utf-8", "surrogateescape")
     elif _is_websocket_handshake(request):
-        given = request.query.get("token", "")
-    else:
-        given = ""
-    # surrogateescape: header bytes that are not UTF-8 arrive as lone surrogates.
-    offered = given.encode("utf-8", "surrogateescape")
-    if given and any(hmac.compare_digest(offered, t.encode()) for t in tokens):
+        from_protocol = _bearer_subprotocol(request)
+        if from_protocol is not None:
+            offered = _decode_base64url(from_protocol)
+        else:
+            offered = request.query.get("token", "").encode("utf-8", "surrogateescape")
+    if offered and any(hmac.compare_digest(offered, t.encode()) for t in tokens):
         return await handler(request)
     details = {}
     if "token" in request.query and not _is_websocket_handshake(request):
@@ -224,6 +250,32 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     response = error_body("authentication required", 401, details)
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+def is_public(path: str) -> bool:
+    """Whether a path is answered without a token: ``/health`` and the page's shell."""
+    return path in PUBLIC_PATHS or path in PAGE_PATHS or path.startswith(PAGE_PREFIX)
+
+
+def _subprotocols(request: web.Request) -> list[str]:
+    header = request.headers.get("Sec-WebSocket-Protocol", "")
+    return [p.strip() for p in header.split(",") if p.strip()]
+
+
+def _bearer_subprotocol(request: web.Request) -> str | None:
+    """The base64url text of an offered ``illustrator.bearer.`` subprotocol, if any."""
+    for protocol in _subprotocols(request):
+        if protocol.startswith(BEARER_SUBPROTOCOL):
+            return protocol[len(BEARER_SUBPROTOCOL) :]
+    return None
+
+
+def _decode_base64url(text: str) -> bytes:
+    """The bytes of unpadded base64url ``text``; empty (no token) when it is not that."""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _is_websocket_handshake(request: web.Request) -> bool:

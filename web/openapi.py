@@ -111,6 +111,7 @@ def _record(param: dict[str, Any], get: tuple[str, str], delete: str) -> dict[st
     }
 
 
+_PAGE = {"description": "The page's HTML shell", "content": {"text/html": {}}}
 _FILENAME = {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
 _UPGRADE = {
     "description": "Switching Protocols: a WebSocket of JSON frames (see WebSocketFrame)",
@@ -281,6 +282,40 @@ PATHS: dict[str, dict[str, Any]] = {
             status="101",
             params=[_MID, _query("token", "string")],
             errors=("400", "403", "503") + _ID_ERRORS,
+        )
+    },
+    # The web page (web/ui.py): HTML shells and their assets, public (they hold no data).
+    "/": {
+        "get": _op("The web page: manuscripts and sessions", _PAGE, errors=("421",), public=True)
+    },
+    "/ui/sessions/{session_id}": {
+        "get": _op(
+            "The web page of one session",
+            _PAGE,
+            params=[_SID],
+            errors=("421", "422"),
+            public=True,
+        )
+    },
+    "/ui/manuscripts/{manuscript_id}": {
+        "get": _op(
+            "The web page of one manuscript",
+            _PAGE,
+            params=[_MID],
+            errors=("421", "422"),
+            public=True,
+        )
+    },
+    "/ui/static/{filename}": {
+        "get": _op(
+            "A script or style sheet of the web page",
+            {
+                "description": "The asset",
+                "content": {"text/javascript": {}, "text/css": {}, "image/svg+xml": {}},
+            },
+            params=[_FILENAME],
+            errors=("404", "421"),
+            public=True,
         )
     },
 }

@@ -41,7 +41,7 @@ from domain import SessionId, manuscript_id, session_id
 from errors import DatabaseUnavailableError
 from storage.records import LogEntry
 from web.keys import CONFIG_KEY, ENGINE_KEY, WEBSOCKETS_KEY
-from web.middlewares import error_body, origin_allowed
+from web.middlewares import WEBSOCKET_SUBPROTOCOL, error_body, origin_allowed
 from web.responses import dumps, query_int
 from web.sessions import find_session
 
@@ -229,6 +229,9 @@ def _admit(request: web.Request) -> web.WebSocketResponse:
         heartbeat=server.heartbeat_seconds,
         max_msg_size=server.websocket_max_message_bytes,
         timeout=server.websocket_close_timeout_seconds,
+        # Selected when offered (the web page does, beside its token): a browser fails a
+        # handshake that offered subprotocols and got none back.
+        protocols=(WEBSOCKET_SUBPROTOCOL,),
     )
     sockets.add(ws)
     return ws
