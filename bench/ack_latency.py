@@ -96,6 +96,7 @@ from config import Config, config_from_mapping  # noqa: E402
 from pipeline.providers import SimulatedLatency, wrap_providers  # noqa: E402
 from storage import atomic  # noqa: E402
 from storage.mongo import open_store  # noqa: E402
+from storage.mongo_batches import batch_documents  # noqa: E402
 from storage.records import PersistBatch  # noqa: E402
 
 TARGET_P50_MS = 5.0
@@ -520,6 +521,7 @@ async def database_ceiling(
         "batches": len(work),
         "checkpoints": checkpoints,
         "records": records,
+        "documents": sum(batch_documents(batch) for batch, _ in work),
         "seconds": wall,
         "checkpoints_per_second": checkpoints / wall if wall else 0.0,
         "records_per_second": records / wall if wall else 0.0,
@@ -860,7 +862,9 @@ def print_scenario(result: dict[str, Any], analysis: dict[str, Any]) -> None:
             f"  database alone (the run's {ceiling['batches']} batches written again back to"
             f" back, no engine): {ceiling['checkpoints_per_second']:.0f} ckpt/s"
             f" ({ceiling['records_per_second']:.0f} records/s,"
-            f" {ceiling['records'] / max(1, ceiling['checkpoints']):.1f} per checkpoint) in"
+            f" {ceiling['records'] / max(1, ceiling['checkpoints']):.1f} per checkpoint, written"
+            f" as {ceiling['documents'] / max(1, ceiling['checkpoints']):.2f} documents per"
+            " checkpoint) in"
             f" {ceiling['seconds']:.1f} s; database CPU"
             f" {ceiling['database_cpu_ms_per_checkpoint']:.2f} ms per checkpoint, so the"
             f" offered {r['offered_per_second']:.0f} ckpt/s need {cores:.2f} database cores"

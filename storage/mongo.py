@@ -12,7 +12,7 @@ import logging
 from functools import partial
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING
 
 from domain import ManuscriptId, SessionId, utcnow
 from storage.leases import chunks
@@ -27,14 +27,12 @@ from storage.mongo_client import (
     settable,
 )
 from storage.mongo_leases import LeaseQueries
-from storage.records import Checkpoint, ImageRecord, LogEntry
+from storage.mongo_records import EMBEDDED, LogRecords
+from storage.records import Checkpoint
 
 __all__ = ["COMMIT_MARKS", "DRIVERS", "INDEXES", "MongoStore", "open_store"]
 
 logger = logging.getLogger(__name__)
-
-_EVENT_SEQ_CHUNK = 32
-"""Sessions per query of :meth:`MongoStore.last_event_seqs`."""
 
 
 def open_store(
@@ -88,7 +86,7 @@ def open_store(
     return store
 
 
-class MongoStore(BatchWrites, LeaseQueries):
+class MongoStore(BatchWrites, LogRecords, LeaseQueries):
     """SessionStore over a MongoDB database (collections ``sessions``, ``checkpoints``,
     ``logs``, ``images``, ``manuscripts``); its constructor is ``MongoDatabase``'s."""
 
@@ -199,82 +197,9 @@ class MongoStore(BatchWrites, LeaseQueries):
             "list checkpoints",
             {"session_id": session_id, "sequence_number": {"$gt": after}},
             [("sequence_number", ASCENDING)],
+            projection=EMBEDDED,
         )
         return [Checkpoint.from_document(doc) for doc in docs]
-
-    async def add_images(self, images: list[ImageRecord]) -> None:
-        """Store image records (a retried record is a no-op)."""
-        await self._insert_all(self._images, "store images", images)
-
-    async def list_images(self, session_id: SessionId) -> list[ImageRecord]:
-        """Image records in generation order."""
-        docs = await self._find(
-            self._images,
-            "list images",
-            {"session_id": session_id},
-            [("generation_order", ASCENDING), ("_id", ASCENDING)],
-        )
-        return [ImageRecord.from_document(doc) for doc in docs]
-
-    async def log_events(self, entries: list[LogEntry]) -> None:
-        """Store log/event entries (a retried entry is a no-op)."""
-        await self._insert_all(self._logs, "store logs", entries)
-
-    async def list_logs(
-        self, session_id: SessionId, after_event_seq: int = 0, limit: int = 100
-    ) -> list[LogEntry]:
-        """Up to ``limit`` entries with event_seq greater than ``after_event_seq``, in order."""
-        docs = await self._find(
-            self._logs,
-            "list logs",
-            {"session_id": session_id, "event_seq": {"$gt": after_event_seq}},
-            [("event_seq", ASCENDING)],
-            limit,
-        )
-        return [LogEntry.from_document(doc) for doc in docs]
-
-    async def last_event_seqs(self, session_ids: list[str]) -> dict[str, int]:
-        """The highest stored ``event_seq`` of each session that has log entries.
-
-        One query per 32 sessions, only the two fields read. Unpatched SecantusDB tests
-        every entry against the whole ``$in`` list (8 ids per query was cheapest then);
-        storage/secantus_server.py makes that a set lookup, and with 32 ids per query
-        these reads of recovering 1,000 sessions took 1.16 s in all, against 2.05 s with 8
-        (bench/restart_recovery.py).
-        """
-
-        async def read(ids: list[str]) -> list[dict[str, Any]]:
-            projection = {"_id": 0, "session_id": 1, "event_seq": 1}
-            return await self._logs.find({"session_id": {"$in": ids}}, projection).to_list(None)
-
-        last: dict[str, int] = {}
-        for chunk in chunks(list(dict.fromkeys(session_ids)), _EVENT_SEQ_CHUNK):
-            docs = await self._call("last event numbers", partial(read, chunk))
-            for doc in docs:
-                sid, seq = doc["session_id"], int(doc["event_seq"])
-                if seq > last.get(sid, 0):
-                    last[sid] = seq
-        return last
-
-    async def prune_logs(self, session_id: SessionId, keep: int) -> None:
-        """Delete all but the newest ``keep`` entries (by event_seq) of a session."""
-        query: dict[str, Any] = {"session_id": session_id}
-        if keep > 0:
-            # The newest entry that has to go: everything at or below it goes with it.
-            cutoff = await self._call(
-                "find log cutoff",
-                lambda: (
-                    self._logs.find(query, {"event_seq": 1})
-                    .sort([("event_seq", DESCENDING)])
-                    .skip(keep)
-                    .limit(1)
-                    .to_list(None)
-                ),
-            )
-            if not cutoff:
-                return
-            query = {**query, "event_seq": {"$lte": cutoff[0]["event_seq"]}}
-        await self._call("prune logs", lambda: self._logs.delete_many(query))
 
     # -- manuscripts -------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Idempotency, so that callers (the PersistenceActor) may retry any write:
 
-- checkpoints, logs and images have deterministic ``_id`` keys and go in with
+- checkpoints, log buckets and images have deterministic ``_id`` keys and go in with
   ``insert_many(ordered=False)``; duplicate-key errors (code 11000) are retries, not errors;
 - the session document gets each session's compact checkpoints with one guarded update,
   ``{_id: sid, last_sequence_number < first sequence of the batch}`` ->
@@ -33,6 +33,7 @@ from pymongo import ASCENDING, UpdateOne
 
 from storage.leases import chunks
 from storage.mongo_client import MongoDatabase, new_session_document, settable
+from storage.mongo_records import merge_embedded, place
 from storage.records import Checkpoint, PersistBatch
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class BatchWrites(MongoDatabase):
         Returns the sessions whose checkpoints were refused because a newer lease epoch
         already wrote them (the writer was fenced; see storage.leases).
 
-        Order: image records and logs, then checkpoints, then session documents, so that
+        The log entries and image records ride in the checkpoint documents (or in a log
+        bucket per session; storage.mongo_records). Order: buckets and loose image
+        records, then checkpoints, then session documents, so that
         whatever a crash cuts off, a stored record never names one that is not stored yet:
         a stored IMAGES_GENERATING checkpoint implies its image record (reconciliation
         copies only missing checkpoints, with their images), and a session document never
@@ -69,21 +72,24 @@ class BatchWrites(MongoDatabase):
             await self._call(
                 "create sessions", lambda: self._insert_many_idempotent(coll, documents)
             )
-        # Image records and logs name nothing stored after them: both at once (one round
-        # trip saved per batch), then the checkpoints naming them.
+        # Log buckets and loose image records name nothing stored after them: both at once
+        # (one round trip saved per batch), then the checkpoints, which carry the rest.
+        placement = place(batch)
         last = journaled == "records"
         outcomes = await asyncio.gather(
             self._insert_all(
-                self._images if last else self._batch_images, "store images", batch.images
+                self._images if last else self._batch_images, "store images", placement.images
             ),
-            self._insert_all(self._logs if last else self._batch_logs, "store logs", batch.logs),
+            self._insert_documents(
+                self._logs if last else self._batch_logs, "store logs", placement.buckets
+            ),
             return_exceptions=True,
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         fenced = await self._insert_checkpoints(
-            batch.checkpoints,
+            placement.checkpoints,
             self._checkpoints if journaled == "checkpoints" else self._batch_checkpoints,
         )
         if journaled == "mark":
@@ -103,17 +109,21 @@ class BatchWrites(MongoDatabase):
         """Store checkpoints and embed their compact forms (the latest ``embedded_keep``)."""
         await self.write_batch(PersistBatch(checkpoints=list(checkpoints)), embedded_keep)
 
-    async def _insert_checkpoints(self, checkpoints: list[Checkpoint], coll: Any) -> set[str]:
-        """Insert checkpoints; settle the ones already stored by their lease epoch.
+    async def _insert_documents(self, coll: Any, what: str, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            await self._call(what, lambda: self._insert_many_idempotent(coll, docs))
 
-        Same epoch: a retry, nothing to do. Older stored epoch: a fenced writer's
+    async def _insert_checkpoints(self, docs: list[dict[str, Any]], coll: Any) -> set[str]:
+        """Insert checkpoint documents; settle the ones already stored by their lease epoch.
+
+        Same epoch: a retry; the records it embeds are added to the stored copy if it
+        lacks them (storage.mongo_records.merge_embedded). Older stored epoch: a fenced writer's
         leftover at a sequence the new owner has now reached, replaced by ours. Newer
         stored epoch: we are the fenced writer; our checkpoint is dropped and its
         session returned.
         """
-        if not checkpoints:
+        if not docs:
             return set()
-        docs = [cp.to_document() for cp in checkpoints]
         duplicates = await self._call(
             "store checkpoints", lambda: self._insert_many_idempotent(coll, docs)
         )
@@ -135,6 +145,12 @@ class BatchWrites(MongoDatabase):
             old = int((stored.get(key) or {}).get("epoch") or 0)
             if old > int(doc.get("epoch") or 0):
                 fenced.add(doc["session_id"])
+            elif old == int(doc.get("epoch") or 0):
+                update = merge_embedded(doc)
+                if update:
+                    await self._call(
+                        "merge embedded records", partial(coll.update_one, {"_id": key}, update)
+                    )
             elif old < int(doc.get("epoch") or 0):
                 logger.warning(
                     "checkpoint %s of a fenced writer (epoch %d) replaced by epoch %d",
@@ -219,6 +235,25 @@ class BatchWrites(MongoDatabase):
                 self._bulk_updates = False
             logger.info("session updates via bulk_write: %s", self._bulk_updates)
         return self._bulk_updates
+
+
+def batch_documents(batch: PersistBatch) -> int:
+    """Documents ``write_batch`` inserts or updates for ``batch``, its journaled mark
+    included (a first write; a retry writes no more)."""
+    placement = place(batch)
+    summarised = (
+        batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
+    )
+    sessions: set[str] = {cp.session_id for cp in summarised}
+    sessions.update(sid for sid, fields in batch.session_updates.items() if fields)
+    return (
+        len(batch.new_sessions)
+        + len(placement.checkpoints)
+        + len(placement.buckets)
+        + len(placement.images)
+        + len(sessions)
+        + (_journaled_stage(batch) == "mark")
+    )
 
 
 def _journaled_stage(batch: PersistBatch) -> str:

@@ -85,8 +85,10 @@ async def test_verify_reports_gaps_disagreements_and_missing_images(
         (tmp_path / "out" / "generated_images" / sid / "stray.png").write_bytes(
             b"\x89PNG\r\n\x1a\n"
         )
-        await engine.store._images.delete_one(
-            {"session_id": sid, "chapter_number": 1, "scene_number": 2}
+        # The image record rides in the checkpoint document that brought it.
+        await engine.store._checkpoints.update_many(
+            {"session_id": sid, "has_images": True},
+            {"$pull": {"images": {"chapter_number": 1, "scene_number": 2}}},
         )
         broken = await engine.verify()
         assert not broken.ok

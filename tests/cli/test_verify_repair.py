@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -67,11 +68,23 @@ def test_repair_heals_the_torn_file_from_the_database_and_names_the_direction(cl
     assert "Nothing to heal" in again.stdout
 
 
+def drop_events_after(db: Any, sid: str, seq: int) -> int:
+    """Delete a session's events after ``seq`` wherever the database holds them (one per
+    document, in log buckets, inside checkpoint documents); returns its last event."""
+    last = max(
+        [int(d["event_seq"]) for d in db["logs"].find({"session_id": sid})]
+        + [int(d.get("last_event_seq") or 0) for d in db["checkpoints"].find({"session_id": sid})]
+    )
+    newer = {"event_seq": {"$gt": seq}}
+    db["logs"].delete_many({"session_id": sid, "entries": {"$exists": False}, **newer})
+    db["logs"].update_many({"session_id": sid}, {"$pull": {"entries": newer}})
+    db["checkpoints"].update_many({"session_id": sid}, {"$pull": {"logs": newer}})
+    return last
+
+
 def test_verify_reports_the_events_missing_from_the_database(cli: Cli) -> None:
     sid = illustrate(cli)
-    logs = cli.db()["logs"]
-    last = logs.find_one({"session_id": sid}, sort=[("event_seq", -1)])["event_seq"]
-    logs.delete_many({"session_id": sid, "event_seq": {"$gt": 12}})  # as lost in an outage
+    last = drop_events_after(cli.db(), sid, 12)  # as lost in an outage
 
     done = cli.run("sessions", "verify")
 
