@@ -72,6 +72,9 @@ class PersistenceConfig:
     write_checkpoint_files: bool = True
     session_summary_interval_ms: int = 10000
     session_summaries_per_second: int = 50
+    events_linger_ms: int = 1500
+    """How long events that claim nothing durable (a step starting) wait for their
+    session's next checkpoint, to be stored inside its document; 0: written at once."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("persistence", "embedded_checkpoints"): 1,
     ("persistence", "session_summary_interval_ms"): 0,
     ("persistence", "session_summaries_per_second"): 0,
+    ("persistence", "events_linger_ms"): 0,
     ("processing", "max_concurrent_sessions"): 1,
     ("processing", "step_attempts"): 1,
     ("processing", "retry_backoff_ms"): 0,

@@ -267,6 +267,12 @@ class FlushSummaries:
 
 
 @dataclass(frozen=True)
+class ReleaseEvents:
+    """Timer tick: events held for their session's next checkpoint longer than the linger
+    go into the next batch on their own (actors.persistence.linger)."""
+
+
+@dataclass(frozen=True)
 class RetryBacklog:
     """Timer tick: try the database backlog again."""
 
@@ -290,6 +296,7 @@ __all__ = [
     "EventsEmitted",
     "FlushPersistence",
     "FlushSummaries",
+    "ReleaseEvents",
     "GetPersistenceStats",
     "LeaseGranted",
     "LeaseLost",

@@ -22,12 +22,14 @@ from actors.messages import (
     LeaseGranted,
     LeasesRenewed,
     PendingEvents,
+    ReleaseEvents,
     RenewLeases,
     RetryBacklog,
 )
 from actors.persistence.backlog import BacklogWriter, DatabaseWork
 from actors.persistence.keeper import HeldLease, LeaseKeeper, LeaseSettings, close_loop
 from actors.persistence.leases import LeaseHolder
+from actors.persistence.linger import EventLinger
 from actors.persistence.quarantine import Quarantine
 from actors.persistence.stats import PersistenceStats, publish
 from actors.persistence.summaries import LEAVING_STATUSES, Summary, SummarySchedule
@@ -45,7 +47,7 @@ SUMMARY_IDLE_SECONDS = 0.5
 """The summary timer writes due summaries itself only after this long without a batch."""
 
 
-class PersistenceActor(LeaseHolder, BacklogWriter, pykka.ThreadingActor):
+class PersistenceActor(EventLinger, LeaseHolder, BacklogWriter, pykka.ThreadingActor):
     """Writes files and the database in batches, then acknowledges the senders."""
 
     def __init__(
@@ -66,6 +68,8 @@ class PersistenceActor(LeaseHolder, BacklogWriter, pykka.ThreadingActor):
         self._keeper: LeaseKeeper | None = None
         self.stats = PersistenceStats()
         self._pending: list[CheckpointReached | EventsEmitted] = []
+        self._lingering: dict[str, list[tuple[float, EventsEmitted]]] = {}
+        self._linger_timer: threading.Timer | None = None
         self._backlog: deque[DatabaseWork] = deque()
         self._quarantine = Quarantine(files.root, fsync=files.fsync)
         self._probe: threading.Thread | None = None
@@ -90,6 +94,7 @@ class PersistenceActor(LeaseHolder, BacklogWriter, pykka.ThreadingActor):
         logger.info("persistence started (batch %d records)", self.settings.batch_max_records)
 
     def on_stop(self) -> None:
+        self._stop_lingering()
         self._commit()
         for timer in (self._summary_timer, self._lease_timer):
             if timer is not None:
@@ -122,10 +127,13 @@ class PersistenceActor(LeaseHolder, BacklogWriter, pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case EventsEmitted() if self._hold_events(message):
+                pass
             case CheckpointReached() | EventsEmitted():
-                if isinstance(message, CheckpointReached) and message.reply_to is not None:
+                if isinstance(message, CheckpointReached):
+                    self._release_events(message.session_id)  # before it: they came first
                     lease = self._leases.get(message.session_id)
-                    if lease is not None:
+                    if lease is not None and message.reply_to is not None:
                         lease.reply_to = message.reply_to
                 self._pending.append(message)
                 if (
@@ -134,13 +142,17 @@ class PersistenceActor(LeaseHolder, BacklogWriter, pykka.ThreadingActor):
                 ):
                     self._commit()
             case FlushPersistence(reply=reply):
+                self._release_events()
                 self._commit()
                 self._flush_summaries(force=True)
                 reply.set_result(sum(len(w) for w in self._backlog))
             case PendingEvents(session_id=sid, after=after, reply=reply):
+                self._release_events(sid)
                 self._commit()
                 self._flush_summaries(force=True)
                 reply.set_result((not self.stats.breaker_open, self._backlog_events(sid, after)))
+            case ReleaseEvents():
+                self._release_overdue()
             case RetryBacklog():
                 self._drain_backlog()
             case LeaseGranted(session_id=sid, epoch=epoch, granted_at=granted_at):
