@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from web.openapi_schemas import SCHEMAS, ref
+from web.ui import ASSETS
 
 routes = web.RouteTableDef()
 
@@ -313,7 +314,14 @@ PATHS: dict[str, dict[str, Any]] = {
                 "description": "The asset",
                 "content": {"text/javascript": {}, "text/css": {}, "image/svg+xml": {}},
             },
-            params=[_FILENAME],
+            params=[
+                {
+                    "name": "filename",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": sorted(ASSETS)},
+                }
+            ],
             errors=("404", "421"),
             public=True,
         )

@@ -158,6 +158,7 @@ export async function showSession(main, sessionId) {
   }
 
   function onFrame(frame) {
+    if (Number.isInteger(frame.event_seq)) refs.connection.dataset.lastEvent = frame.event_seq;
     switch (frame.type) {
       case "snapshot":
         setStatus(frame.status);
