@@ -52,7 +52,9 @@ def test_a_session_watched_through_pause_resume_and_kill_shows_every_event_once(
 
     # The dashboard's bar moves with the session's WebSocket events (no reload, no polling).
     bar = "#session-table tbody tr progress"
-    page.wait_for_function("sel => document.querySelector(sel).value > 0", arg=bar, timeout=LONG)
+    page.wait_for_function(
+        "sel => (document.querySelector(sel)?.value ?? 0) > 0", arg=bar, timeout=LONG
+    )
     first = progress_of(page, bar)
     page.wait_for_function(
         "([sel, v]) => document.querySelector(sel).value > v", arg=[bar, first], timeout=LONG

@@ -207,6 +207,8 @@ export function showDashboard(main) {
 }
 
 export function table(headings, rows, id) {
+  // Labels for the phone layout, where each row is a card of labelled cells.
+  for (const row of rows) [...row.children].forEach((cell, i) => (cell.dataset.label = headings[i]));
   return el("div", { class: "table-wrap" },
     el("table", { id }, el("thead", {}, el("tr", {}, headings.map((h) => el("th", { scope: "col", text: h })))), el("tbody", {}, rows)));
 }
