@@ -28,7 +28,7 @@ from errors import DatabaseUnavailableError
 from storage.base import SessionStore
 from storage.files import FileStore, ScanReport
 from storage.leases import chunks, takeable
-from storage.merge import merge_checkpoints, newest_record
+from storage.merge import MergedCheckpoints, merge_checkpoints, newest_record
 from storage.reconcile_manuscripts import reconcile_manuscripts
 from storage.reconcile_report import ReconcileReport, StartupReads
 from storage.records import Checkpoint, ImageRecord, PersistBatch
@@ -212,20 +212,8 @@ async def _reconcile_session(
     anything is written for it."""
     if db_checkpoints is None:
         db_checkpoints = await store.list_checkpoints(sid) if db_document is not None else []
-    in_files = {cp.sequence_number for cp in file_checkpoints}
-    in_db = {cp.sequence_number for cp in db_checkpoints}
-    merged = merge_checkpoints(db_checkpoints, file_checkpoints)
-    ordered, files_win = merged.checkpoints, merged.files_win
-    by_seq = {cp.sequence_number: cp for cp in file_checkpoints}
-    for seq in merged.conflicts:
-        side = "files" if ordered[seq - 1] is by_seq.get(seq) else "database"
-        text = (
-            f"session {sid} checkpoint {seq} differs; the {side}' one wins "
-            f"(newer lease epoch, or else the side reaching the higher sequence, {merged.newest})"
-        )
-        report.conflicts.append(text)
-        report.decide("%s", text)
-
+    merged = _merge_reporting_conflicts(sid, db_checkpoints, file_checkpoints, report)
+    ordered = merged.checkpoints
     base = newest_record(db_document, file_document)
     if base is None:
         # Only checkpoint files survive: rebuild the facts they carry.
@@ -237,6 +225,8 @@ async def _reconcile_session(
             return False
     fields, session_file, full_document = describe(base, ordered)
 
+    in_files = {cp.sequence_number for cp in file_checkpoints}
+    in_db = {cp.sequence_number for cp in db_checkpoints}
     missing_in_db = [cp for cp in ordered if cp.sequence_number not in in_db]
     missing_in_files = [cp for cp in ordered if cp.sequence_number not in in_files]
     # Summaries (session document, session file) are written behind their checkpoints
@@ -253,7 +243,7 @@ async def _reconcile_session(
         and not missing_in_files
     )
     newest = ordered[-1].sequence_number if ordered else 0
-    leveled = _Leveling(sid, ordered, newest, files_win, left_to_recovery)
+    leveled = _Leveling(sid, ordered, newest, merged.files_win, left_to_recovery)
     # File entries first: a session file that would not load back fails here, before
     # anything of this session is written.
     stale_file = file_document is None or (
@@ -267,26 +257,59 @@ async def _reconcile_session(
     )
     if items:
         writes.files += items
-        report.checkpoints_to_files += len(missing_in_files)
-        if stale_file:
-            report.session_files_rewritten += 1
-        report.decide(
-            "session %s: %d checkpoints copied from the database to the files%s",
-            sid,
-            len(missing_in_files),
-            ", session file rewritten" if stale_file else "",
+        _report_file_leveling(
+            report, leveled, missing_in_files, session_file if stale_file else None
         )
-        if missing_in_files:
-            report.heal(
-                f"session {sid}: checkpoint files {_seqs(missing_in_files)}, database -> file"
-            )
-        if stale_file:
-            report.heal(
-                f"session {sid}: session file rewritten at checkpoint {newest}"
-                f" (status {session_file.get('status')}),"
-                f" {'file checkpoints' if files_win else 'database'} -> file"
-            )
     return wrote or bool(items)
+
+
+def _merge_reporting_conflicts(
+    sid: SessionId,
+    db_checkpoints: list[Checkpoint],
+    file_checkpoints: list[Checkpoint],
+    report: ReconcileReport,
+) -> MergedCheckpoints:
+    """Both sides' checkpoints merged (storage.merge); each checkpoint they disagree on is
+    reported with the side that wins it."""
+    merged = merge_checkpoints(db_checkpoints, file_checkpoints)
+    by_seq = {cp.sequence_number: cp for cp in file_checkpoints}
+    for seq in merged.conflicts:
+        side = "files" if merged.checkpoints[seq - 1] is by_seq.get(seq) else "database"
+        text = (
+            f"session {sid} checkpoint {seq} differs; the {side}' one wins "
+            f"(newer lease epoch, or else the side reaching the higher sequence, {merged.newest})"
+        )
+        report.conflicts.append(text)
+        report.decide("%s", text)
+    return merged
+
+
+def _report_file_leveling(
+    report: ReconcileReport,
+    leveled: _Leveling,
+    missing_in_files: list[Checkpoint],
+    rewritten_file: dict[str, Any] | None,
+) -> None:
+    """Count and report the files side of one session: checkpoint files copied from the
+    database, and the session file when it is rewritten."""
+    sid = leveled.sid
+    report.checkpoints_to_files += len(missing_in_files)
+    if rewritten_file is not None:
+        report.session_files_rewritten += 1
+    report.decide(
+        "session %s: %d checkpoints copied from the database to the files%s",
+        sid,
+        len(missing_in_files),
+        ", session file rewritten" if rewritten_file is not None else "",
+    )
+    if missing_in_files:
+        report.heal(f"session {sid}: checkpoint files {_seqs(missing_in_files)}, database -> file")
+    if rewritten_file is not None:
+        report.heal(
+            f"session {sid}: session file rewritten at checkpoint {leveled.newest}"
+            f" (status {rewritten_file.get('status')}),"
+            f" {'file checkpoints' if leveled.files_win else 'database'} -> file"
+        )
 
 
 @dataclass(frozen=True)
