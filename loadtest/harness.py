@@ -107,6 +107,25 @@ async def _drive(
     http: aiohttp.ClientSession, index: int, args: argparse.Namespace, tracker: Tracker, pause: bool
 ) -> None:
     """One session: manuscript, start, follow (pause + resume if chosen) to a final state."""
+    sid = await _start(http, index, args, tracker)
+    if sid is None:
+        return
+    info = tracker.sessions[sid] = {
+        "status": "running",
+        "images": None,
+        "paused": False,
+        "pause": "chosen" if pause else "no",
+    }
+    try:
+        await _follow(http, sid, info, tracker)
+    except (aiohttp.ClientError, RuntimeError, ValueError) as exc:
+        tracker.error(f"session {sid}: {exc!r}")
+
+
+async def _start(
+    http: aiohttp.ClientSession, index: int, args: argparse.Namespace, tracker: Tracker
+) -> str | None:
+    """Store a manuscript and start a session of it; its id, or None (an error noted)."""
     chapters = [
         {"number": n, "title": f"Part {n}", "content": TEXT} for n in range(1, args.chapters + 1)
     ]
@@ -124,61 +143,58 @@ async def _drive(
         )
     except (aiohttp.ClientError, RuntimeError, ValueError) as exc:
         tracker.error(f"session {index} did not start: {exc}")
-        return
-    sid = started["session_id"]
-    info = tracker.sessions[sid] = {
-        "status": "running",
-        "images": None,
-        "paused": False,
-        "pause": "chosen" if pause else "no",
-    }
+        return None
+    return started["session_id"]
+
+
+async def _follow(
+    http: aiohttp.ClientSession, sid: str, info: dict[str, Any], tracker: Tracker
+) -> None:
+    """Follow a session's frames to its end, timing them; pause and resume it if chosen."""
     analyze_from: datetime | None = None
-    try:
-        async with http.ws_connect(f"/ws/processing/{sid}?after=0", heartbeat=30) as ws:
-            live_after = 1 << 62
-            async for message in ws:
-                received = time.time()
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    break
-                frame = json.loads(message.data)
-                kind, seq = frame.get("type"), frame.get("event_seq")
-                if kind == "snapshot":
-                    live_after = int(frame.get("last_event_seq") or 0)
-                    continue
-                stamp = datetime.fromisoformat(frame["timestamp"]) if "timestamp" in frame else None
-                if stamp is not None and isinstance(seq, int) and seq > live_after:  # not a replay
-                    tracker.delivery.append(
-                        (time.monotonic() - tracker.started, (received - stamp.timestamp()) * 1000)
-                    )
-                if kind == "step" and frame.get("step") == 0 and stamp is not None:
-                    if frame.get("status") == "processing":
-                        analyze_from = stamp
-                    elif analyze_from is not None:
-                        tracker.analyze_ms.append((stamp - analyze_from).total_seconds() * 1000)
-                        analyze_from = None
-                if kind == "progress" and info["pause"] == "chosen":
-                    info["pause"] = "requested"
-                    async with http.post(f"/api/process/{sid}/pause", json={}) as response:
-                        if response.status == 409:
-                            info["pause"] = "too late"  # it finished first
-                        elif response.status >= 400:
-                            tracker.error(f"pause {sid}: {response.status}")
-                elif kind == "status" and frame.get("status") == "paused":
-                    info["paused"] = True
-                    await _post(http, f"/api/process/resume/{sid}")
-                elif kind == "complete":
-                    info.update(status="completed", images=frame.get("images_count"))
-                    return
-                elif kind == "error" or (kind == "status" and frame.get("status") in FINAL):
-                    info["status"] = str(frame.get("status") or "failed")
-                    tracker.error(f"session {sid}: {frame.get('error') or frame.get('status')}")
-                    return
-                elif kind == "resync":
-                    tracker.error(f"session {sid}: websocket fell behind (resync)")
-                    return
-            tracker.error(f"session {sid}: websocket closed before the session finished")
-    except (aiohttp.ClientError, RuntimeError, ValueError) as exc:
-        tracker.error(f"session {sid}: {exc!r}")
+    async with http.ws_connect(f"/ws/processing/{sid}?after=0", heartbeat=30) as ws:
+        live_after = 1 << 62
+        async for message in ws:
+            received = time.time()
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = json.loads(message.data)
+            kind, seq = frame.get("type"), frame.get("event_seq")
+            if kind == "snapshot":
+                live_after = int(frame.get("last_event_seq") or 0)
+                continue
+            stamp = datetime.fromisoformat(frame["timestamp"]) if "timestamp" in frame else None
+            if stamp is not None and isinstance(seq, int) and seq > live_after:  # not a replay
+                tracker.delivery.append(
+                    (time.monotonic() - tracker.started, (received - stamp.timestamp()) * 1000)
+                )
+            if kind == "step" and frame.get("step") == 0 and stamp is not None:
+                if frame.get("status") == "processing":
+                    analyze_from = stamp
+                elif analyze_from is not None:
+                    tracker.analyze_ms.append((stamp - analyze_from).total_seconds() * 1000)
+                    analyze_from = None
+            if kind == "progress" and info["pause"] == "chosen":
+                info["pause"] = "requested"
+                async with http.post(f"/api/process/{sid}/pause", json={}) as response:
+                    if response.status == 409:
+                        info["pause"] = "too late"  # it finished first
+                    elif response.status >= 400:
+                        tracker.error(f"pause {sid}: {response.status}")
+            elif kind == "status" and frame.get("status") == "paused":
+                info["paused"] = True
+                await _post(http, f"/api/process/resume/{sid}")
+            elif kind == "complete":
+                info.update(status="completed", images=frame.get("images_count"))
+                return
+            elif kind == "error" or (kind == "status" and frame.get("status") in FINAL):
+                info["status"] = str(frame.get("status") or "failed")
+                tracker.error(f"session {sid}: {frame.get('error') or frame.get('status')}")
+                return
+            elif kind == "resync":
+                tracker.error(f"session {sid}: websocket fell behind (resync)")
+                return
+        tracker.error(f"session {sid}: websocket closed before the session finished")
 
 
 async def _scrape_once(http: aiohttp.ClientSession, tracker: Tracker) -> None:

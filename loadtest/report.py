@@ -109,30 +109,8 @@ def write_report(
     first, last = tracker.scrapes[0][1], tracker.scrapes[-1][1]
     ack = bucket_delta(first["buckets"], last["buckets"])
     checkpoints = last["checkpoints"] - first["checkpoints"]
-    timeline = []
-    for (t0, a), (t1, b) in zip(tracker.scrapes, tracker.scrapes[1:], strict=False):
-        window = bucket_delta(a["buckets"], b["buckets"])
-        events = [ms for t, ms in tracker.delivery if t0 < t <= t1]
-        timeline.append(
-            {
-                "t": round(t1, 2),
-                "checkpoints_per_second": (b["checkpoints"] - a["checkpoints"])
-                / max(t1 - t0, 1e-9),
-                "ack_p50_ms": histogram_quantile(window, 0.5),
-                "ack_p99_ms": histogram_quantile(window, 0.99),
-                "event_p50_ms": percentile(events, 0.5),
-                "event_p99_ms": percentile(events, 0.99),
-            }
-        )
     declared, observed = args.provider_latency, percentile(tracker.analyze_ms, 0.5)
-    warnings = []
-    if declared and observed is not None and observed < 0.8 * declared:
-        warnings.append(
-            f"analysis steps took {observed:.0f} ms (median), less than --provider-latency "
-            f"{declared} ms: start the server with"
-            f" ILLUSTRATOR_PROVIDERS_SIMULATED_LATENCY_MS={declared}"
-        )
-    paused = sum(1 for s in tracker.sessions.values() if s["paused"])
+    warnings = _provider_warnings(declared, observed)
     delivery = [ms for _, ms in tracker.delivery]
     report: dict[str, Any] = {
         "url": base,
@@ -144,17 +122,7 @@ def write_report(
             if k not in ("token", "handler", "config", "verbose", "command")
         },
         "duration_seconds": wall,
-        "sessions": {
-            "requested": args.sessions,
-            "started": len(tracker.sessions),
-            "completed": tracker.count("completed"),
-            "paused_and_resumed": paused,
-            "pause_too_late": sum(1 for s in tracker.sessions.values() if s["pause"] == "too late"),
-            "failed": sum(
-                1 for s in tracker.sessions.values() if s["status"] not in ("completed", "running")
-            ),
-            "unfinished": tracker.count("running"),
-        },
+        "sessions": _session_counts(args.sessions, tracker),
         "checkpoints": {
             "count": int(checkpoints),
             "per_second": checkpoints / wall if wall > 0 else 0.0,
@@ -174,18 +142,67 @@ def write_report(
         "warnings": warnings,
         "integrity": integrity,
         "cleanup": cleanup,
-        "timeline": timeline,
+        "timeline": _timeline(tracker),
     }
     report["verdict"] = verdict(report)
-    json_path = args.report.resolve()
+    _save(report, delivery, args.report.resolve())
+    for text in warnings:
+        print(f"WARNING: {text}", file=sys.stderr)
+    return report
+
+
+def _timeline(tracker: Any) -> list[dict[str, Any]]:
+    """Per interval between two scrapes: checkpoint rate, ack and event latency."""
+    timeline = []
+    for (t0, a), (t1, b) in zip(tracker.scrapes, tracker.scrapes[1:], strict=False):
+        window = bucket_delta(a["buckets"], b["buckets"])
+        events = [ms for t, ms in tracker.delivery if t0 < t <= t1]
+        timeline.append(
+            {
+                "t": round(t1, 2),
+                "checkpoints_per_second": (b["checkpoints"] - a["checkpoints"])
+                / max(t1 - t0, 1e-9),
+                "ack_p50_ms": histogram_quantile(window, 0.5),
+                "ack_p99_ms": histogram_quantile(window, 0.99),
+                "event_p50_ms": percentile(events, 0.5),
+                "event_p99_ms": percentile(events, 0.99),
+            }
+        )
+    return timeline
+
+
+def _provider_warnings(declared: int | None, observed: float | None) -> list[str]:
+    """A warning when the server's steps were faster than the latency the run declared."""
+    if declared and observed is not None and observed < 0.8 * declared:
+        return [
+            f"analysis steps took {observed:.0f} ms (median), less than --provider-latency "
+            f"{declared} ms: start the server with"
+            f" ILLUSTRATOR_PROVIDERS_SIMULATED_LATENCY_MS={declared}"
+        ]
+    return []
+
+
+def _session_counts(requested: int, tracker: Any) -> dict[str, Any]:
+    """How many sessions were started, completed, paused and resumed, failed, unfinished."""
+    sessions = tracker.sessions.values()
+    return {
+        "requested": requested,
+        "started": len(tracker.sessions),
+        "completed": tracker.count("completed"),
+        "paused_and_resumed": sum(1 for s in sessions if s["paused"]),
+        "pause_too_late": sum(1 for s in sessions if s["pause"] == "too late"),
+        "failed": sum(1 for s in sessions if s["status"] not in ("completed", "running")),
+        "unfinished": tracker.count("running"),
+    }
+
+
+def _save(report: dict[str, Any], delivery: list[float], json_path: Path) -> None:
+    """Write the report as JSON and its plot as PNG beside it (their paths go in the report)."""
     png_path = json_path.with_suffix(".png")
     report.update(report_json=str(json_path), report_png=str(png_path))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     write_plot(report, delivery, png_path)
-    for text in warnings:
-        print(f"WARNING: {text}", file=sys.stderr)
-    return report
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +293,14 @@ def write_plot(report: dict[str, Any], delivery_samples: list[float], path: Path
         fill=(0, 0, 0),
         font=font,
     )
-    timeline = report["timeline"]
+    _plot_timeline(draw, report["timeline"], font)
+    _plot_delivery_histogram(draw, delivery_samples, font)
+    _plot_ack_histogram(draw, report["ack_latency_ms"].get("buckets") or {}, font)
+    image.save(path, format="PNG")
+
+
+def _plot_timeline(draw: Any, timeline: list[dict[str, Any]], font: Any) -> None:
+    """Top: ack and event delivery p50/p99 per scrape interval, one line each."""
     series = {
         "ack p50": [(p["t"], p.get("ack_p50_ms")) for p in timeline],
         "ack p99": [(p["t"], p.get("ack_p99_ms")) for p in timeline],
@@ -304,6 +328,9 @@ def write_plot(report: dict[str, Any], delivery_samples: list[float], path: Path
         )
         draw.text((right - 92, upper + 6 + 16 * i), name, fill=(0, 0, 0), font=font)
 
+
+def _plot_delivery_histogram(draw: Any, delivery_samples: list[float], font: Any) -> None:
+    """Bottom left: event delivery latency in 30 bins up to its 99.9th percentile."""
     low = (PAD + 10, 480, W // 2 - 30, 770)
     _axes(
         draw,
@@ -314,21 +341,25 @@ def write_plot(report: dict[str, Any], delivery_samples: list[float], path: Path
         0,
         font,
     )
-    if delivery_samples:
-        high = percentile(delivery_samples, 0.999) or 1.0
-        bins = 30
-        counts = [0.0] * bins
-        for v in delivery_samples:
-            counts[min(bins - 1, int(bins * v / high)) if high > 0 else 0] += 1
-        _bars(
-            draw,
-            low,
-            counts,
-            [f"{high * i / bins:.0f}" for i in range(bins)],
-            COLORS["event p50"],
-            font,
-        )
-    ack = report["ack_latency_ms"].get("buckets") or {}
+    if not delivery_samples:
+        return
+    high = percentile(delivery_samples, 0.999) or 1.0
+    bins = 30
+    counts = [0.0] * bins
+    for v in delivery_samples:
+        counts[min(bins - 1, int(bins * v / high)) if high > 0 else 0] += 1
+    _bars(
+        draw,
+        low,
+        counts,
+        [f"{high * i / bins:.0f}" for i in range(bins)],
+        COLORS["event p50"],
+        font,
+    )
+
+
+def _plot_ack_histogram(draw: Any, ack: dict[str, float], font: Any) -> None:
+    """Bottom right: checkpoint ack latency by the server's histogram buckets."""
     bounds = sorted(ack, key=lambda b: float(b))
     cumulative = [ack[b] for b in bounds]
     per_bucket = [c - (cumulative[i - 1] if i else 0) for i, c in enumerate(cumulative)]
@@ -350,4 +381,3 @@ def write_plot(report: dict[str, Any], delivery_samples: list[float], path: Path
         COLORS["ack p50"],
         font,
     )
-    image.save(path, format="PNG")
