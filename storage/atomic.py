@@ -358,6 +358,18 @@ def atomic_write_many(
         return 0
     folders = list(dict.fromkeys([*placed_folders, *(path.parent for path in latest)]))
     grouped = fsync and use_syncfs and _SYNCFS is not None and len(latest) >= SYNCFS_MIN_FILES
+    _write_then_rename(latest, folders, fsync=fsync, grouped=grouped)
+    if fsync:
+        for folder in folders:
+            fsync_dir(folder)
+    return len(latest)
+
+
+def _write_then_rename(
+    latest: dict[Path, bytes], folders: list[Path], *, fsync: bool, grouped: bool
+) -> None:
+    """Phases 1 to 3 of :func:`atomic_write_many`: temp files written, their data made
+    durable (one syncfs per filesystem when ``grouped``, else per file), then renamed."""
     staged: list[tuple[Path, Path]] = []
     sync_fds: list[int] = []
     try:
@@ -376,10 +388,6 @@ def atomic_write_many(
     finally:
         for fd in sync_fds:
             os.close(fd)
-    if fsync:
-        for folder in folders:
-            fsync_dir(folder)
-    return len(latest)
 
 
 def remove_temp_files(folders: Iterable[Path], *, older_than: float | None = None) -> int:

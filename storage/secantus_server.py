@@ -209,23 +209,7 @@ def _unchanged_entries_kept(storage: Any) -> dict[str, Callable[..., Any]]:
     unique_conflict = store._unique_conflict
     delete_entries = store._delete_index_entries
     write_entries = store._write_index_entries
-
-    def same_entries(old: Any, new: Any, index: Any, partials: Any, options: Any) -> bool:
-        name, key_spec, sparse, _unique = index
-        if storage._geo_type_of(key_spec) is not None:
-            return False  # geo cells: always rewritten, as SecantusDB does
-        partial = partials.get(name) if partials is not None else None
-        if partial is not None:
-            covered = storage.matches(old, partial)
-            if covered != storage.matches(new, partial):
-                return False
-            if not covered:
-                return True  # in the index neither before nor after
-        collation = storage._parse_index_collation(options.get(name, {}).get("collation"))
-        keys = functools.partial(
-            storage._index_key_variants, key_spec=key_spec, sparse=sparse, collation=collation
-        )
-        return list(keys(old)) == list(keys(new))
+    same_entries = functools.partial(_same_entries, storage)
 
     @functools.wraps(unique_conflict)
     def announce(
@@ -278,7 +262,37 @@ def _unchanged_entries_kept(storage: Any) -> dict[str, Callable[..., Any]]:
             indexes = rewrite.changed
         write_entries(self, db, coll, doc, indexes, partials, recordid=recordid)
 
-    checked_update = store._chunk_doc_update_checked
+    return {
+        "_chunk_doc_update_checked": _forgetting_on_error(store._chunk_doc_update_checked),
+        "_unique_conflict": announce,
+        "_delete_index_entries": delete,
+        "_write_index_entries": write,
+    }
+
+
+def _same_entries(
+    storage: Any, old: Any, new: Any, index: Any, partials: Any, options: Any
+) -> bool:
+    """Whether ``index`` holds the same entries for the old and the new document."""
+    name, key_spec, sparse, _unique = index
+    if storage._geo_type_of(key_spec) is not None:
+        return False  # geo cells: always rewritten, as SecantusDB does
+    partial = partials.get(name) if partials is not None else None
+    if partial is not None:
+        covered = storage.matches(old, partial)
+        if covered != storage.matches(new, partial):
+            return False
+        if not covered:
+            return True  # in the index neither before nor after
+    collation = storage._parse_index_collation(options.get(name, {}).get("collation"))
+    keys = functools.partial(
+        storage._index_key_variants, key_spec=key_spec, sparse=sparse, collation=collation
+    )
+    return list(keys(old)) == list(keys(new))
+
+
+def _forgetting_on_error(checked_update: Callable[..., Any]) -> Callable[..., Any]:
+    """One document's checked update, its announced rewrite dropped if it is refused."""
 
     @functools.wraps(checked_update)
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -290,12 +304,7 @@ def _unchanged_entries_kept(storage: Any) -> dict[str, Callable[..., Any]]:
             _scope.rewrite = None
             raise
 
-    return {
-        "_chunk_doc_update_checked": checked,
-        "_unique_conflict": announce,
-        "_delete_index_entries": delete,
-        "_write_index_entries": write,
-    }
+    return checked
 
 
 def _updating(method: Callable[..., Any]) -> Callable[..., Any]:
