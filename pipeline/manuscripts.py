@@ -275,18 +275,7 @@ def parse_manuscript_text(
     Raises:
         ValidationError: the text is empty, too long, or has too many chapters.
     """
-    if not isinstance(text, str):
-        raise _invalid("text", "the manuscript text must be a string")
-    if len(text) > limits.max_total_chars:
-        raise _invalid("text", f"the manuscript exceeds {limits.max_total_chars} characters")
-    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    if not text.strip():
-        raise _invalid("text", "the manuscript text is empty")
-    if title is not None:
-        if not isinstance(title, str):
-            raise _invalid("title", "title must be a string")
-        if len(title.strip()) > limits.max_title_chars:
-            raise _invalid("title", f"title exceeds {limits.max_title_chars} characters")
+    text = _checked_text(text, title, limits)
     lines = text.split("\n")
     book_title, headings = take_book_title(lines, find_headings(lines))
     split_at = split_headings(headings)
@@ -314,6 +303,29 @@ def parse_manuscript_text(
     )
     logger.debug("parsed text manuscript %r into %d chapters", manuscript.title, len(chapters))
     return manuscript
+
+
+def _checked_text(text: str, title: str | None, limits: ManuscriptLimits) -> str:
+    """The text with its line ends made ``\\n`` (and no byte-order mark), once it and the
+    title are checked against ``limits``.
+
+    Raises:
+        ValidationError: the text is not a string, too long or empty; the title is not a
+            string or too long.
+    """
+    if not isinstance(text, str):
+        raise _invalid("text", "the manuscript text must be a string")
+    if len(text) > limits.max_total_chars:
+        raise _invalid("text", f"the manuscript exceeds {limits.max_total_chars} characters")
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise _invalid("text", "the manuscript text is empty")
+    if title is not None:
+        if not isinstance(title, str):
+            raise _invalid("title", "title must be a string")
+        if len(title.strip()) > limits.max_title_chars:
+            raise _invalid("title", f"title exceeds {limits.max_title_chars} characters")
+    return text
 
 
 def _title_and_description(title: str, front: str) -> tuple[str, str]:
