@@ -7,6 +7,7 @@ one checkpoint; :meth:`SessionSteps._run_step` picks the step the state's phase 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from actors.session.control import SessionControl
 from actors.state import Phase
@@ -87,44 +88,53 @@ class SessionSteps(SessionControl):
         )
 
     def _analyze_chapter(self) -> None:
-        chapter = self._current_chapter()
-        self._emit_step(0, "processing")
-        self._flush_events_now()
+        chapter = self._begin_chapter_step(0)
         moments = self.providers.analyzer.analyze(chapter, self.state.max_emotional_moments)
-        self._emit_log(
-            "success",
+        self._end_chapter_step(
+            0,
+            chapter,
             f"Found {len(moments)} emotional moments in chapter {chapter.number}",
-            chapter=chapter.number,
-        )
-        self._emit_step(0, "completed")
-        self._checkpoint(
             CheckpointType.CHAPTER_ANALYZED,
             ProcessingStep.ANALYZING_CHAPTERS,
-            chapter=chapter.number,
-            data={"emotional_moments": [m.to_dict() for m in moments]},
+            {"emotional_moments": [m.to_dict() for m in moments]},
         )
 
     def _generate_prompts(self) -> None:
-        chapter = self._current_chapter()
-        self._emit_step(1, "processing")
-        self._flush_events_now()
+        chapter = self._begin_chapter_step(1)
         style = self.state.style_config
         prompts = [
             self.providers.prompt_writer.write(EmotionalMoment.from_dict(m), chapter, style)
             for m in self.state.moments
         ]
-        self._emit_log(
-            "success",
+        self._end_chapter_step(
+            1,
+            chapter,
             f"Wrote {len(prompts)} prompts for chapter {chapter.number}",
-            chapter=chapter.number,
-        )
-        self._emit_step(1, "completed")
-        self._checkpoint(
             CheckpointType.PROMPTS_GENERATED,
             ProcessingStep.GENERATING_PROMPTS,
-            chapter=chapter.number,
-            data={"generated_prompts": [p.to_dict() for p in prompts]},
+            {"generated_prompts": [p.to_dict() for p in prompts]},
         )
+
+    def _begin_chapter_step(self, step: int) -> Chapter:
+        """Tell clients at once that the spec's step ``step`` of this chapter is under way."""
+        chapter = self._current_chapter()
+        self._emit_step(step, "processing")
+        self._flush_events_now()
+        return chapter
+
+    def _end_chapter_step(
+        self,
+        step: int,
+        chapter: Chapter,
+        message: str,
+        checkpoint_type: CheckpointType,
+        processing_step: ProcessingStep,
+        data: dict[str, Any],
+    ) -> None:
+        """Report the step ``step`` of ``chapter`` done, in the checkpoint that records it."""
+        self._emit_log("success", message, chapter=chapter.number)
+        self._emit_step(step, "completed")
+        self._checkpoint(checkpoint_type, processing_step, chapter=chapter.number, data=data)
 
     def _generate_next_image(self) -> None:
         state = self.state
