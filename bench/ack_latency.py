@@ -81,10 +81,10 @@ from checkpoints import (  # noqa: E402
     file_create_cost_us,
     filesystem_of,
     instant_providers,
-    make_manuscript,
     percentile,
     replay_batches,
     run_one,
+    save_manuscripts,
     wait_for_cheap_file_creation,
 )
 from scale import proc_status  # noqa: E402
@@ -281,8 +281,8 @@ class TimedPersistenceActor(CountingPersistenceActor):
     keep_database_work = True
     """Keep every database batch for the ceiling replay (off with ``--no-ceiling``)."""
 
-    async def _write_database(self, work: Any) -> None:
-        await super()._write_database(work)
+    async def _write_refusing(self, work: Any) -> None:
+        await super()._write_refusing(work)
         if self.keep_database_work:
             # No copy: nothing changes a batch once written, and a copy would be charged here.
             self.timeline.database_work.append((work.batch, work.prune))
@@ -389,19 +389,21 @@ def child_pids() -> list[int]:
 
 
 async def start_sessions(
-    engine: Engine, manuscript_id: str, sessions: int, ramp_seconds: float, moments: int
+    engine: Engine, manuscript_ids: list[str], ramp_seconds: float, moments: int
 ) -> tuple[list[Any], float]:
-    """Start ``sessions`` at once (``ramp_seconds`` 0) or evenly over ``ramp_seconds``.
+    """Start a session of each manuscript at once (``ramp_seconds`` 0) or evenly over
+    ``ramp_seconds``.
 
     Returns the ``start_session`` results (or exceptions) and when the last one returned.
     """
     loop = asyncio.get_running_loop()
     origin = loop.time()
+    sessions = len(manuscript_ids)
 
     async def start(i: int) -> Any:
         if ramp_seconds > 0:
             await asyncio.sleep(max(0.0, origin + i * ramp_seconds / sessions - loop.time()))
-        return await engine.start_session(manuscript_id, max_emotional_moments=moments)
+        return await engine.start_session(manuscript_ids[i], max_emotional_moments=moments)
 
     results = await asyncio.gather(*(start(i) for i in range(sessions)), return_exceptions=True)
     return results, time.monotonic()
@@ -426,14 +428,14 @@ async def run_scenario(
     if not engine.database_ok:
         print("  WARNING: database not reachable at start-up; running on files only", flush=True)
     watcher = SessionWatcher(engine.hub, sessions)
-    manuscript_id = await engine.save_manuscript(make_manuscript(args.chapters))
+    manuscript_ids = await save_manuscripts(engine, sessions, args.chapters)
     rss_before = proc_status()
     children = child_pids()
     cpu_before = cpu_seconds(), sum(cpu_seconds(pid) for pid in children)
     probe = LoopLagProbe()
     threads_cpu = ThreadCpuSampler()
     started = time.monotonic()
-    results, all_started = await start_sessions(engine, manuscript_id, sessions, ramp, args.moments)
+    results, all_started = await start_sessions(engine, manuscript_ids, ramp, args.moments)
     start_errors = [r for r in results if isinstance(r, BaseException)]
     if start_errors:
         print(f"  {len(start_errors)} start_session calls failed; first: {start_errors[0]!r}")
@@ -521,7 +523,7 @@ async def database_ceiling(
         "batches": len(work),
         "checkpoints": checkpoints,
         "records": records,
-        "documents": sum(batch_documents(batch) for batch, _ in work),
+        "documents": sum((Counter(batch_documents(batch)) for batch, _ in work), Counter()),
         "seconds": wall,
         "checkpoints_per_second": checkpoints / wall if wall else 0.0,
         "records_per_second": records / wall if wall else 0.0,
@@ -858,13 +860,15 @@ def print_scenario(result: dict[str, Any], analysis: dict[str, Any]) -> None:
     ceiling = r["database_ceiling"]
     if ceiling:
         cores = ceiling["database_cpu_ms_per_checkpoint"] * r["offered_per_second"] / 1000
+        per = max(1, ceiling["checkpoints"])
+        documents = sum(ceiling["documents"].values()) / per
+        kinds = ", ".join(f"{n / per:.2f} {kind}" for kind, n in ceiling["documents"].items())
         print(
             f"  database alone (the run's {ceiling['batches']} batches written again back to"
             f" back, no engine): {ceiling['checkpoints_per_second']:.0f} ckpt/s"
             f" ({ceiling['records_per_second']:.0f} records/s,"
             f" {ceiling['records'] / max(1, ceiling['checkpoints']):.1f} per checkpoint, written"
-            f" as {ceiling['documents'] / max(1, ceiling['checkpoints']):.2f} documents per"
-            " checkpoint) in"
+            f" as {documents:.2f} documents per checkpoint: {kinds}) in"
             f" {ceiling['seconds']:.1f} s; database CPU"
             f" {ceiling['database_cpu_ms_per_checkpoint']:.2f} ms per checkpoint, so the"
             f" offered {r['offered_per_second']:.0f} ckpt/s need {cores:.2f} database cores"

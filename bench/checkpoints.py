@@ -254,6 +254,16 @@ def capture_logs(verbose: bool) -> LogCapture:
 # --------------------------------------------------------------------------- one level
 
 
+async def save_manuscripts(engine: Any, count: int, chapters: int) -> list[str]:
+    """One manuscript per session to start: the engine runs one live session per
+    manuscript (a second start answers ManuscriptBusyError). Saved before the timing."""
+    ids: list[str] = []
+    for first in range(0, count, 100):
+        batch = [make_manuscript(chapters) for _ in range(first, min(count, first + 100))]
+        ids.extend(await asyncio.gather(*(engine.save_manuscript(m) for m in batch)))
+    return ids
+
+
 def checkpoints_per_session(chapters: int, moments: int) -> int:
     """session_start, manuscript_loaded, per chapter (start, analyzed, prompts, M images,
     completed), session_completed."""
@@ -452,12 +462,12 @@ async def run_level(
 
     watcher = SessionWatcher(engine.hub, sessions)
     completed, failed = watcher.completed, watcher.failed
-    mid = await engine.save_manuscript(make_manuscript(args.chapters))
+    mids = await save_manuscripts(engine, sessions, args.chapters)
 
     probe = LoopLagProbe()
     started = time.perf_counter()
     results = await asyncio.gather(
-        *(engine.start_session(mid, max_emotional_moments=args.moments) for _ in range(sessions)),
+        *(engine.start_session(mid, max_emotional_moments=args.moments) for mid in mids),
         return_exceptions=True,
     )
     submitted = time.perf_counter()

@@ -55,7 +55,7 @@ from checkpoints import (  # noqa: E402
     InstantAnalyzer,
     InstantImageGenerator,
     InstantPromptWriter,
-    make_manuscript,
+    save_manuscripts,
 )
 
 from actors.engine import Engine  # noqa: E402
@@ -126,9 +126,9 @@ async def setup_phase(out: Path, sessions: int, timeout: float) -> None:
                     ready.set()
 
     engine.hub.subscribe(None, on_event)
-    mid = await engine.save_manuscript(make_manuscript(2))
+    mids = await save_manuscripts(engine, sessions, 2)
     started = time.perf_counter()
-    for _ in range(sessions):
+    for mid in mids:
         await engine.start_session(mid, max_emotional_moments=2)
     try:
         await asyncio.wait_for(ready.wait(), timeout)

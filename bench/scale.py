@@ -36,7 +36,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from checkpoints import make_manuscript  # noqa: E402
+from checkpoints import save_manuscripts  # noqa: E402
 from restart_recovery import GateAnalyzer, gated_providers, make_config  # noqa: E402
 
 from actors.engine import Engine  # noqa: E402
@@ -77,12 +77,12 @@ async def level(out: Path, sessions: int, settle: float, timeout: float) -> dict
     analyzer.expected = sessions
     engine = Engine(config, handle.store_factory(config), providers=gated_providers(analyzer))
     await engine.start()
-    mid = await engine.save_manuscript(make_manuscript(2))
+    mids = await save_manuscripts(engine, sessions, 2)
     gc.collect()
     await asyncio.sleep(settle)
     base = proc_status()
     started = time.perf_counter()
-    for _ in range(sessions):
+    for mid in mids:
         await engine.start_session(mid, max_emotional_moments=2)
     ok = await asyncio.to_thread(analyzer.all_entered.wait, timeout)
     live_seconds = time.perf_counter() - started

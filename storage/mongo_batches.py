@@ -237,23 +237,23 @@ class BatchWrites(MongoDatabase):
         return self._bulk_updates
 
 
-def batch_documents(batch: PersistBatch) -> int:
-    """Documents ``write_batch`` inserts or updates for ``batch``, its journaled mark
-    included (a first write; a retry writes no more)."""
+def batch_documents(batch: PersistBatch) -> dict[str, int]:
+    """Documents ``write_batch`` inserts or updates for ``batch`` by kind, its journaled
+    mark included (a first write; a retry writes no more)."""
     placement = place(batch)
     summarised = (
         batch.checkpoints if batch.summary_checkpoints is None else batch.summary_checkpoints
     )
     sessions: set[str] = {cp.session_id for cp in summarised}
     sessions.update(sid for sid, fields in batch.session_updates.items() if fields)
-    return (
-        len(batch.new_sessions)
-        + len(placement.checkpoints)
-        + len(placement.buckets)
-        + len(placement.images)
-        + len(sessions)
-        + (_journaled_stage(batch) == "mark")
-    )
+    return {
+        "new sessions": len(batch.new_sessions),
+        "checkpoints": len(placement.checkpoints),
+        "log buckets": len(placement.buckets),
+        "images": len(placement.images),
+        "session updates": len(sessions),
+        "journal marks": int(_journaled_stage(batch) == "mark"),
+    }
 
 
 def _journaled_stage(batch: PersistBatch) -> str:
