@@ -22,6 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_INSTALL = "apt-get install -y chromium"
+MANUSCRIPT_TITLE = "<img src=x onerror=alert(1)>"
 
 
 def chromium_path() -> str:
@@ -49,7 +50,7 @@ def free_port() -> int:
 class ServerProcess:
     """``illustrator serve`` on a fixed port and output folder, restartable after a kill."""
 
-    def __init__(self, out: Path, *, latency_ms: int = 400, tokens: str = "") -> None:
+    def __init__(self, out: Path, *, latency_ms: int = 600, tokens: str = "") -> None:
         self.out = out
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -131,3 +132,17 @@ class ServerProcess:
             after = page["next_after"]
             if not page["has_more"]:
                 return events
+
+
+def manuscript_file(folder: Path, chapters: int = 4) -> Path:
+    """A Markdown manuscript with emotional text in every chapter."""
+    body = (
+        "The storm broke over the dark castle and Mara screamed in terror. "
+        "Later, in the quiet garden, she laughed with joy and hope beside Tomas. "
+        "A strange shadow moved in the forest; the mystery deepened and fear returned. "
+        "At dawn the sea was calm and peaceful, and they felt a gentle warmth.\n\n"
+    )
+    text = "".join(f"# Chapter {n}\n\n{body * 2}" for n in range(1, chapters + 1))
+    path = folder / "storm.md"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -10,12 +10,14 @@ import pytest
 from browser_support import ServerProcess, chromium_path
 from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
-MANUSCRIPT_TITLE = "<img src=x onerror=alert(1)>"
 
-
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Browser]:
-    """One chromium for the run; a missing chromium fails (with the apt-get line), never skips."""
+    """A chromium per test; a missing chromium fails (with the apt-get line), never skips.
+
+    Per test, not per run: Playwright's sync API keeps an event loop running while it is
+    open, and every asyncio test after it would fail.
+    """
     try:
         executable = chromium_path()
     except RuntimeError as exc:
@@ -54,17 +56,3 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     made.start()
     yield made
     made.stop()
-
-
-def manuscript_file(folder: Path, chapters: int = 4) -> Path:
-    """A Markdown manuscript with emotional text in every chapter."""
-    body = (
-        "The storm broke over the dark castle and Mara screamed in terror. "
-        "Later, in the quiet garden, she laughed with joy and hope beside Tomas. "
-        "A strange shadow moved in the forest; the mystery deepened and fear returned. "
-        "At dawn the sea was calm and peaceful, and they felt a gentle warmth.\n\n"
-    )
-    text = "".join(f"# Chapter {n}\n\n{body * 2}" for n in range(1, chapters + 1))
-    path = folder / "storm.md"
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_support import ServerProcess
-from conftest import manuscript_file
+from browser_support import ServerProcess, manuscript_file
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.timeout(240)
