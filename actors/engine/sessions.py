@@ -8,6 +8,7 @@ hands a ready state to the supervisor. Answers come back through :class:`Reply`.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -161,12 +162,27 @@ class SessionCommands:
                 if epoch is not None:
                     state.epoch = epoch
                     self._lease_granted(sid, epoch)
+                await self._record_resume(state)
                 return await self._submit(state, manuscript, resumed=True)
             except BaseException:
                 self._release(state)
                 raise
         finally:
             self._starting.discard(sid)
+
+    async def _record_resume(self, state: SessionState) -> None:
+        """Make the resume durable before answering it. A resume writes no checkpoint: its
+        status is all that records it, so a kill -9 before the session's next checkpoint
+        would otherwise find the session paused by its user again, and leave it so."""
+        assert self.persistence is not None, "engine not started"
+        state.status = SessionStatus.PENDING
+        durable = Reply.for_loop()
+        self.persistence.tell(replace(CheckpointReached.status_of(state), ack=durable))
+        error = await durable.wait(60)
+        if error is not None:
+            raise StorageError(
+                f"could not record the resume of session {state.session_id}: {error}"
+            )
 
     async def claim_session(self, session_id: str) -> int | None:
         """Take the lease of a session that is not live here (ConflictError if another
