@@ -64,7 +64,6 @@ class SessionSupervisor(pykka.ThreadingActor):
         self._running: dict[SessionId, pykka.ActorRef[Any]] = {}
         self._queued: OrderedDict[SessionId, StartSession] = OrderedDict()
         self._stopping: list[tuple[Reply | None, threading.Timer | None]] = []
-        self.finished: dict[SessionId, SessionStatus] = {}
         self._holders: dict[ManuscriptId, SessionId] = {}
         """The live (running, queued or reserved) session of each manuscript: at most one."""
         self._held: dict[SessionId, ManuscriptId] = {}
@@ -83,10 +82,9 @@ class SessionSupervisor(pykka.ThreadingActor):
             case ReleaseManuscript(session_id=sid):
                 if sid not in self._running and sid not in self._queued:
                     self._let_go(sid)
-            case SessionFinished(session_id=sid, status=status, events=events):
+            case SessionFinished(session_id=sid, events=events):
                 self._running.pop(sid, None)
                 self._let_go(sid)
-                self.finished[sid] = status
                 self.hub.drop_snapshot(sid)
                 self.hub.publish(events)
                 self._start_queued()
@@ -151,7 +149,6 @@ class SessionSupervisor(pykka.ThreadingActor):
             resumed=message.resumed,
         )
         self._running[state.session_id] = ref
-        self.finished.pop(state.session_id, None)
 
     def _start_queued(self) -> None:
         while (
@@ -190,7 +187,6 @@ class SessionSupervisor(pykka.ThreadingActor):
         self.hub.drop_snapshot(sid)
         self._let_go(sid)
         self.persistence.tell(CheckpointReached.status_of(state))
-        self.finished[sid] = state.status
         if reply is not None:
             reply.set_result(state.snapshot())
 
