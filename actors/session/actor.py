@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pykka
@@ -76,15 +77,7 @@ class SessionActor(
         self._emit(EventType.ERROR, {"error": state.error_message})
         events = tuple(self._unsent)
         with contextlib.suppress(pykka.ActorDeadError):
-            self.persistence.tell(
-                CheckpointReached(
-                    session_id=state.session_id,
-                    checkpoint=None,
-                    session_fields=state.session_fields(),
-                    session_file=state.session_file(),
-                    events=events,
-                )
-            )
+            self.persistence.tell(replace(CheckpointReached.status_of(state), events=events))
         self._announce_end(SessionStatus.FAILED, events)
 
     def on_receive(self, message: Any) -> Any:
